@@ -1,0 +1,124 @@
+"""Prune-OPD's drift signal and monotone reliability weights (ALGORITHM.md, "Drift signal").
+
+All functions are pure tensor maps over a batch of rollouts: ``[B, T]`` per-token
+tensors, ``[B, T, k]`` top-k tensors, and a boolean ``mask`` that is true on valid
+(unpadded) response positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+METRICS = ("overlap_ratio", "teacher_top_p", "weighted_overlap")
+WEIGHT_EPS = 1e-8  # a token counts towards the effective length while w_t > WEIGHT_EPS
+
+
+def _shared(student_topk: torch.Tensor, teacher_topk: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[B, T, k]``: is the student's i-th top-k id also in the teacher's top-k?"""
+    return (student_topk.unsqueeze(-1) == teacher_topk.unsqueeze(-2)).any(-1)
+
+
+def overlap_ratio(student_topk: torch.Tensor, teacher_topk: torch.Tensor) -> torch.Tensor:
+    """o_t = |S_t ∩ T_t| / k for top-k id sets of equal size k."""
+    k = student_topk.shape[-1]
+    return _shared(student_topk, teacher_topk).sum(-1).float() / k
+
+
+def weighted_overlap(
+    student_topk: torch.Tensor, student_topk_logprobs: torch.Tensor, teacher_topk: torch.Tensor
+) -> torch.Tensor:
+    """The student's probability on S_t ∩ T_t divided by its probability on S_t.
+
+    opdctl's third metric: ids that carry almost no student probability barely
+    count, so the arbitrary order of near-zero tails does not read as drift.
+    """
+    probs = student_topk_logprobs.float().exp()
+    shared = (probs * _shared(student_topk, teacher_topk)).sum(-1)
+    return shared / probs.sum(-1).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def top_p_acceptance(
+    sampled: torch.Tensor, teacher_topk: torch.Tensor, teacher_topk_logprobs: torch.Tensor, top_p: float
+) -> torch.Tensor:
+    """Is the sampled token in the teacher's top-p nucleus within its top-k?
+
+    The nucleus is the smallest prefix of the teacher's top-k, sorted by
+    probability, whose cumulative probability reaches ``top_p``; when the top-k
+    mass never reaches it, every top-k id is accepted.
+    """
+    order = teacher_topk_logprobs.argsort(dim=-1, descending=True)
+    ids = teacher_topk.gather(-1, order)
+    probs = teacher_topk_logprobs.gather(-1, order).float().exp()
+    mass_before = probs.cumsum(-1) - probs
+    in_nucleus = mass_before < top_p
+    return ((ids == sampled.unsqueeze(-1)) & in_nucleus).any(-1)
+
+
+def bad_events(signal: torch.Tensor, mask: torch.Tensor, metric: str, threshold: float) -> torch.Tensor:
+    """Boolean bad-event flags on valid positions.
+
+    ``signal`` is the overlap value (``overlap_ratio``, ``weighted_overlap``:
+    bad when below ``threshold``) or the acceptance flag (``teacher_top_p``:
+    bad when not accepted).
+    """
+    if metric == "teacher_top_p":
+        bad = ~signal.bool()
+    elif metric in METRICS:
+        bad = signal < threshold
+    else:
+        raise ValueError(f"unknown drift metric {metric!r}; expected one of {METRICS}")
+    return bad & mask
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Per-token Prune-OPD weights of a batch of rollouts."""
+
+    weight: torch.Tensor  # w_t = clip(1 - w_drop * c_t, 0, 1), 0 on padding, [B, T]
+    loss_weight: torch.Tensor  # m_t = w_t + w_base, 0 on padding, [B, T]
+    effective_length: torch.Tensor  # L_eff: valid tokens with w_t > 1e-8, [B]
+
+
+def reliability_weights(bad: torch.Tensor, mask: torch.Tensor, w_drop: float, w_base: float) -> Weights:
+    """Monotone weights from cumulative (inclusive) bad-event counts."""
+    mask_f = mask.float()
+    count = (bad & mask).long().cumsum(-1).float()
+    weight = (1.0 - w_drop * count).clamp(0.0, 1.0) * mask_f
+    loss_weight = (weight + w_base) * mask_f
+    effective = ((weight > WEIGHT_EPS) & mask).sum(-1)
+    return Weights(weight=weight, loss_weight=loss_weight, effective_length=effective)
+
+
+def uniform_weights(mask: torch.Tensor) -> Weights:
+    """Plain OPD: every valid token has weight 1 and counts in full."""
+    mask_f = mask.float()
+    return Weights(weight=mask_f, loss_weight=mask_f, effective_length=mask.sum(-1))
+
+
+def first_bad_position(bad: torch.Tensor) -> torch.Tensor:
+    """Index of each rollout's first bad event, or -1 where there is none."""
+    any_bad = bad.any(-1)
+    first = bad.int().argmax(-1)
+    return torch.where(any_bad, first, torch.full_like(first, -1))
+
+
+def drift_signal(
+    metric: str,
+    *,
+    student_topk: torch.Tensor,
+    student_topk_logprobs: torch.Tensor,
+    teacher_topk: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    sampled: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
+    """The configured metric's per-token value (acceptance as 0/1 for ``teacher_top_p``)."""
+    if metric == "overlap_ratio":
+        return overlap_ratio(student_topk, teacher_topk)
+    if metric == "weighted_overlap":
+        return weighted_overlap(student_topk, student_topk_logprobs, teacher_topk)
+    if metric == "teacher_top_p":
+        return top_p_acceptance(sampled, teacher_topk, teacher_topk_logprobs, threshold).float()
+    raise ValueError(f"unknown drift metric {metric!r}; expected one of {METRICS}")

@@ -1,0 +1,69 @@
+"""The two reverse-KL estimators of on-policy distillation (ALGORITHM.md, "On-policy distillation").
+
+Both return the batch loss as a token mean: the sum over tokens of
+``loss_weight * per-token loss`` divided by ``num_tokens``, the number of valid
+response tokens in the whole optimizer step (so that gradient accumulation over
+micro-batches gives the same gradient as one large batch). Advantages are
+constants: the gradient flows through the student's log-probs only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ESTIMATORS = ("topk", "sampled")
+WEIGHTINGS = ("student_p", "teacher_p", "none")
+
+
+def candidate_weights(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, weighting: str) -> torch.Tensor:
+    """w_t(v): a softmax over the candidates of the student's or teacher's log-probs, or uniform."""
+    if weighting == "student_p":
+        return torch.softmax(student_logprobs.detach(), dim=-1)
+    if weighting == "teacher_p":
+        return torch.softmax(teacher_logprobs, dim=-1)
+    if weighting == "none":
+        k = student_logprobs.shape[-1]
+        return torch.full_like(student_logprobs, 1.0 / k).detach()
+    raise ValueError(f"unknown candidate weighting {weighting!r}; expected one of {WEIGHTINGS}")
+
+
+def topk_reverse_kl(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+    weighting: str = "student_p",
+) -> torch.Tensor:
+    """Top-k estimator: L = -sum_t m_t sum_{v in S_t} r_t(v) log p_t(v), r_t(v) = -(log p - log q) w_t(v).
+
+    ``student_logprobs`` and ``teacher_logprobs`` are ``[B, T, k]`` log-probs of
+    the student's top-k candidates under each model; ``loss_weight`` is m_t ``[B, T]``.
+    """
+    weights = candidate_weights(student_logprobs, teacher_logprobs, weighting)
+    reward = -(student_logprobs.detach() - teacher_logprobs) * weights
+    per_token = -(reward * student_logprobs).sum(-1)
+    return (per_token * loss_weight).sum() / num_tokens
+
+
+def sampled_reverse_kl(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+) -> torch.Tensor:
+    """Sampled-token (k1) estimator: L = -sum_t m_t A_t log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
+
+    Both log-prob tensors are ``[B, T]`` log-probs of the sampled tokens.
+    """
+    advantage = (teacher_logprobs - student_logprobs).detach()
+    per_token = -advantage * student_logprobs
+    return (per_token * loss_weight).sum() / num_tokens
+
+
+def reverse_kl_estimate(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean k1 estimate of KL(p || q) over valid tokens: E[log p(y) - log q(y)], y ~ p."""
+    count = int(mask.sum())
+    if count == 0:
+        return 0.0
+    diff = (student_logprobs.detach() - teacher_logprobs) * mask
+    return float(diff.sum() / count)

@@ -1,0 +1,118 @@
+"""Both reverse-KL estimators: values and gradients against direct computations."""
+
+import math
+
+import pytest
+import torch
+
+from opdctl import losses
+
+
+def _direct_topk(
+    logits: torch.Tensor, teacher_lp: torch.Tensor, m: torch.Tensor, n: int, weighting: str
+) -> torch.Tensor:
+    """The formula written out position by position, candidate by candidate."""
+    total = logits.new_zeros(())
+    lp = torch.log_softmax(logits, -1)
+    for b in range(lp.shape[0]):
+        for t in range(lp.shape[1]):
+            p_vals = lp[b, t].detach()
+            scores = {"student_p": p_vals, "teacher_p": teacher_lp[b, t], "none": torch.zeros_like(p_vals)}[weighting]
+            w = torch.exp(scores) / torch.exp(scores).sum()
+            for v in range(lp.shape[2]):
+                reward = -(p_vals[v] - teacher_lp[b, t, v]) * w[v]
+                total = total - m[b, t] * reward * lp[b, t, v]
+    return total / n
+
+
+@pytest.mark.parametrize("weighting", ["student_p", "teacher_p", "none"])
+def test_topk_matches_direct_formula_in_value_and_gradient(weighting):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, requires_grad=True)
+    teacher_lp = torch.log_softmax(torch.randn(2, 3, 4), -1)
+    m = torch.tensor([[1.5, 1.0, 0.0], [0.5, 1.2, 1.5]])
+    loss = losses.topk_reverse_kl(torch.log_softmax(logits, -1), teacher_lp, m, 5, weighting)
+    (grad,) = torch.autograd.grad(loss, logits)
+    direct = _direct_topk(logits, teacher_lp, m, 5, weighting)
+    (direct_grad,) = torch.autograd.grad(direct, logits)
+    assert loss.item() == pytest.approx(direct.item(), rel=1e-6)
+    assert torch.allclose(grad, direct_grad, atol=1e-7)
+
+
+def test_topk_hand_computed_value():
+    # one position, two candidates, uniform weighting: w = 1/2 each
+    student = torch.tensor([[[math.log(0.5), math.log(0.25)]]])
+    teacher = torch.tensor([[[math.log(0.25), math.log(0.25)]]])
+    loss = losses.topk_reverse_kl(student, teacher, torch.ones(1, 1), 1, "none")
+    # r = -(log 0.5 - log 0.25) / 2 = -ln2/2 ; r2 = 0
+    expected = -(-math.log(2) / 2) * math.log(0.5)
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_topk_gradient_moves_mass_towards_the_teacher():
+    logits = torch.zeros(1, 1, 2, requires_grad=True)
+    teacher = torch.log(torch.tensor([[[0.9, 0.1]]]))
+    loss = losses.topk_reverse_kl(torch.log_softmax(logits, -1), teacher, torch.ones(1, 1), 1)
+    loss.backward()
+    assert logits.grad[0, 0, 0] < 0 < logits.grad[0, 0, 1]  # descent raises the teacher's favourite
+
+
+def test_topk_gradient_equals_reverse_kl_gradient_over_the_full_support():
+    """With S_t the whole vocabulary and student_p weights, the estimator's gradient is grad KL(p||q)."""
+    torch.manual_seed(1)
+    logits = torch.randn(1, 1, 5, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(1, 1, 5), -1)
+    loss = losses.topk_reverse_kl(torch.log_softmax(logits, -1), teacher, torch.ones(1, 1), 1)
+    (grad,) = torch.autograd.grad(loss, logits)
+    lp = torch.log_softmax(logits, -1)
+    kl = (lp.exp() * (lp - teacher)).sum()
+    (kl_grad,) = torch.autograd.grad(kl, logits)
+    assert torch.allclose(grad, kl_grad, atol=1e-6)
+
+
+def test_sampled_estimator_value_and_gradient():
+    logits = torch.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
+    sampled = torch.tensor([1, 0])
+    lp = torch.log_softmax(logits, -1).gather(-1, sampled[:, None]).squeeze(-1)[None]
+    teacher = torch.tensor([[-0.1, -2.0]])
+    m = torch.tensor([[1.0, 0.5]])
+    loss = losses.sampled_reverse_kl(lp, teacher, m, 3)
+    advantage = teacher - lp.detach()
+    expected = -(m * advantage * lp).sum() / 3
+    assert loss.item() == pytest.approx(expected.item())
+    (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    assert torch.allclose(grad, expected_grad)
+
+
+def test_loss_weight_zero_removes_a_token():
+    student = torch.log_softmax(torch.randn(1, 2, 3), -1)
+    teacher = torch.log_softmax(torch.randn(1, 2, 3), -1)
+    only_first = losses.topk_reverse_kl(student, teacher, torch.tensor([[1.0, 0.0]]), 1)
+    first_alone = losses.topk_reverse_kl(student[:, :1], teacher[:, :1], torch.tensor([[1.0]]), 1)
+    assert only_first.item() == pytest.approx(first_alone.item())
+
+
+def test_token_mean_over_the_step_makes_micro_batches_add_up():
+    torch.manual_seed(2)
+    logits = torch.randn(4, 3, 5, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(4, 3, 5), -1)
+    m = torch.rand(4, 3)
+    whole = losses.topk_reverse_kl(torch.log_softmax(logits, -1), teacher, m, 12)
+    parts = sum(
+        losses.topk_reverse_kl(torch.log_softmax(logits[i : i + 2], -1), teacher[i : i + 2], m[i : i + 2], 12)
+        for i in (0, 2)
+    )
+    assert whole.item() == pytest.approx(parts.item())
+
+
+def test_reverse_kl_estimate_is_a_masked_mean():
+    student = torch.tensor([[-1.0, -2.0, -9.0]])
+    teacher = torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[True, True, False]])
+    assert losses.reverse_kl_estimate(student, teacher, mask) == pytest.approx((0.5 - 1.0) / 2)
+
+
+def test_unknown_weighting_is_rejected():
+    with pytest.raises(ValueError, match="weighting"):
+        losses.candidate_weights(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), "bogus")
