@@ -1,0 +1,157 @@
+"""Teacher and student backends: the data they exchange, their protocols, and the plugin registry.
+
+Backends are found through Python entry points (groups ``opdctl.teachers`` and
+``opdctl.students``), so a third-party package adds one by declaring, in its
+own pyproject.toml::
+
+    [project.entry-points."opdctl.teachers"]
+    mybackend = "my_package:MyTeacher"
+
+The object an entry point names is a class with a ``Config`` attribute (a
+subclass of :class:`opdctl.config.BackendConfig`) and a constructor taking that
+config. opdctl never imports a backend by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import torch
+
+from opdctl.errors import BackendError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from opdctl.config import BackendConfig
+
+GROUPS = {"teacher": "opdctl.teachers", "student": "opdctl.students"}
+FINISH_REASONS = ("eos", "length", "drift")
+
+
+@dataclass
+class Rollouts:
+    """A batch of sampled responses, right-padded, with what the student saw while sampling.
+
+    ``topk_ids``/``topk_logprobs`` are the student's top-k candidates S_t and their
+    log-probs (temperature 1) at each response position, recorded during generation.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: torch.Tensor  # [B, T] long, 0 beyond each length
+    lengths: torch.Tensor  # [B] long
+    topk_ids: torch.Tensor  # [B, T, k] long
+    topk_logprobs: torch.Tensor  # [B, T, k] float32
+    sampled_logprobs: torch.Tensor  # [B, T] float32, the student's log-prob of each sampled token
+    finish_reasons: list[str]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Boolean ``[B, T]``: true on valid response positions."""
+        positions = torch.arange(self.response_ids.shape[1], device=self.lengths.device)
+        return positions.unsqueeze(0) < self.lengths.unsqueeze(1)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def select(self, index: slice | list[int]) -> Rollouts:
+        """A sub-batch (rows by slice or list of indices), trimmed to its longest response."""
+        rows = list(range(len(self)))[index] if isinstance(index, slice) else list(index)
+        idx = torch.tensor(rows, dtype=torch.long)
+        width = int(self.lengths[idx].max()) if rows else 0
+        return Rollouts(
+            prompt_ids=[self.prompt_ids[i] for i in rows],
+            response_ids=self.response_ids[idx, :width],
+            lengths=self.lengths[idx],
+            topk_ids=self.topk_ids[idx, :width],
+            topk_logprobs=self.topk_logprobs[idx, :width],
+            sampled_logprobs=self.sampled_logprobs[idx, :width],
+            finish_reasons=[self.finish_reasons[i] for i in rows],
+        )
+
+    def responses(self) -> list[list[int]]:
+        """Each response's token ids, without padding."""
+        return [row[:n].tolist() for row, n in zip(self.response_ids, self.lengths.tolist(), strict=True)]
+
+
+@dataclass
+class TeacherScores:
+    """The teacher's view of every response position, conditioned on the student's prefix."""
+
+    topk_ids: torch.Tensor  # [B, T, k] long, sorted by log-prob, descending
+    topk_logprobs: torch.Tensor  # [B, T, k] float32
+    query_logprobs: torch.Tensor  # [B, T, Q] float32, log-probs of the ids that were asked about
+
+    def to(self, device: torch.device | str) -> TeacherScores:
+        return TeacherScores(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to generate: temperature 0 is greedy; ``record_topk`` ids per position are kept."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    record_topk: int = 0
+    seed: int = 0
+
+
+class Teacher(Protocol):
+    """Scores responses: top-k and the log-probs of requested ids at every response position."""
+
+    Config: ClassVar[type[BackendConfig]]
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Raise BackendError when the teacher does not share the student's tokenizer."""
+
+    def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
+        """Score ``rollouts``; ``query_ids`` is ``[B, T, Q]``, ids whose log-probs are wanted."""
+
+    def close(self) -> None:
+        """Release models, connections and processes."""
+
+
+class Student(Protocol):
+    """Generates rollouts and gives differentiable log-probs of a trainable policy."""
+
+    Config: ClassVar[type[BackendConfig]]
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module
+    device: torch.device
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        """Sample one response per prompt (stops at EOS or ``max_new_tokens``)."""
+
+    def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, T, Q]`` log-probs (temperature 1, with gradient) of ``query_ids`` at each position."""
+
+    def save(self, directory: str) -> None:
+        """Write the model and tokenizer in Hugging Face format."""
+
+    def weights_updated(self) -> None:
+        """Called after every optimizer step (rollout engines resynchronise here)."""
+
+    def close(self) -> None:
+        """Release models and processes."""
+
+
+def installed(kind: str) -> dict[str, EntryPoint]:
+    """The installed backends of ``kind`` ('teacher' or 'student'), by name."""
+    return {ep.name: ep for ep in entry_points(group=GROUPS[kind])}
+
+
+def backend_class(kind: str, name: str) -> type:
+    """Load the class registered for backend ``name``; unknown names list what is installed."""
+    available = installed(kind)
+    if name not in available:
+        names = ", ".join(sorted(available)) or "none"
+        raise BackendError(
+            f"unknown {kind} backend {name!r}: installed {kind} backends are {names} "
+            f"(set {kind}.backend to one of them, or install the plugin that provides {name!r})"
+        )
+    try:
+        return available[name].load()
+    except Exception as exc:  # a broken plugin must not take the whole CLI down with a traceback
+        raise BackendError(f"{kind} backend {name!r} failed to load ({available[name].value}): {exc}") from exc

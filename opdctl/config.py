@@ -1,0 +1,351 @@
+"""The run configuration: a typed schema, YAML files, dotted command-line overrides.
+
+Schema defaults are the paper's (ALGORITHM.md); ``opdctl train`` without ``-c``
+starts from the embedded demo config instead. Every error names the full key
+path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+
+from opdctl.errors import ConfigError
+
+FiniteFloat = Field(allow_inf_nan=False)
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackendConfig(Section):
+    """Keys every teacher/student backend has; plugins subclass this with their own."""
+
+    backend: str = Field("hf", description="Installed backend name (see `opdctl backends`).")
+    model: str = Field("demo:student", description="Local directory, hub id, or demo:teacher / demo:student.")
+
+
+class DataConfig(Section):
+    """Training prompts."""
+
+    source: str = Field(
+        "demo", description="'demo' (the built-in task), a local .jsonl/.json/.parquet file, or a hub dataset id."
+    )
+    name: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str = Field("train", description="Hub dataset split.")
+    prompt_field: str = Field("prompt", description="Column with the problem text or a list of chat messages.")
+    answer_field: str | None = Field(None, description="Column with the reference answer (kept for evaluation).")
+    prompt_template: str = Field(
+        "{prompt}", description="Format string for text prompts: {prompt} and any column name, e.g. '{problem} ...'."
+    )
+    chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template when it has one.")
+    max_prompt_tokens: int = Field(1024, ge=1, description="Longer prompts are an error naming the row.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+
+
+class RolloutConfig(Section):
+    """Student sampling."""
+
+    n: int = Field(4, ge=1, description="Rollouts per prompt.")
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="Sampling temperature (the loss uses T=1).")
+    max_new_tokens: int = Field(12288, ge=1, description="Hard limit on response length.")
+
+
+class LossConfig(Section):
+    """The reverse-KL estimator."""
+
+    estimator: Literal["topk", "sampled"] = Field(
+        "topk", description="topk: over the student's top-k S_t; sampled: k1 on the sampled token."
+    )
+    k: int = Field(16, ge=1, description="Size of the student's candidate set S_t.")
+    weighting: Literal["student_p", "teacher_p", "none"] = Field(
+        "student_p", description="Candidate weights w_t(v): softmax of student or teacher log-probs on S_t, or uniform."
+    )
+
+
+class PruneConfig(Section):
+    """Prune-OPD's drift monitor and reliability weights."""
+
+    enable: bool = Field(True, description="false gives plain OPD (every weight 1).")
+    metric: Literal["overlap_ratio", "teacher_top_p", "weighted_overlap"] = Field(
+        "overlap_ratio",
+        description="overlap_ratio: |S_t ∩ T_t|/k; teacher_top_p: y_t in the teacher's top-p nucleus; "
+        "weighted_overlap: student probability on S_t ∩ T_t over its probability on S_t.",
+    )
+    k: int | None = Field(None, ge=1, description="Top-k size of the drift metric (<= loss.k); null means loss.k.")
+    threshold: float = Field(
+        0.7, gt=0, le=1, allow_inf_nan=False, description="Bad event: overlap below it, or the top-p for teacher_top_p."
+    )
+    w_drop: float = Field(0.01, ge=0, allow_inf_nan=False, description="Weight lost per bad event.")
+    w_base: float = Field(
+        0.5, ge=0, allow_inf_nan=False, description="Added to every valid token's weight: m_t = w_t + w_base."
+    )
+
+
+class BudgetConfig(Section):
+    """Prune-OPD's dynamic response budget."""
+
+    enable: bool = Field(True, description="false generates up to rollout.max_new_tokens every step.")
+    init_len: int = Field(2048, ge=1, description="Max response length of the first step.")
+    min_len: int = Field(1024, ge=1, description="The budget never shrinks below this.")
+    max_len: int | None = Field(
+        12288, ge=1, description="The budget never grows above this; null means rollout.max_new_tokens."
+    )
+    step: int = Field(100, ge=1, description="Tokens added or removed per change.")
+    hit_ratio: float = Field(
+        0.1, ge=0, le=1, allow_inf_nan=False, description="Grow when this share of rollouts has L_eff >= boundary."
+    )
+    margin: int = Field(100, ge=0, description="boundary = max(min_len, current length - margin).")
+    shrink_patience: int = Field(3, ge=1, description="Shrink after this many missed steps in a row.")
+
+
+class OptimConfig(Section):
+    """The student's optimizer: AdamW, one update per step."""
+
+    lr: float = Field(1e-6, gt=0, allow_inf_nan=False, description="Learning rate.")
+    steps: int = Field(203, ge=1, description="Training steps (optimizer updates).")
+    prompts_per_step: int = Field(64, ge=1, description="Prompts per step; rollouts per step = this * rollout.n.")
+    grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False, description="Max gradient norm; null disables.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches the step's rollouts are split into for backward.")
+    weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, then constant.")
+    max_nonfinite_steps: int = Field(3, ge=1, description="Stop after this many non-finite steps in a row.")
+
+
+class OutputConfig(Section):
+    """The run directory."""
+
+    dir: str = Field("runs/{timestamp}", description="Run directory; {timestamp} is replaced.")
+    save_every: int = Field(50, ge=1, description="Checkpoint every N steps (and at the end).")
+    keep_checkpoints: int | None = Field(2, ge=1, description="Keep the newest N checkpoints; null keeps all.")
+    trace_every: int = Field(1, ge=0, description="Trace every N-th step (and step 1); 0 disables traces.")
+    trace_rollouts: int | Literal["all"] = Field(16, description="Rollouts traced per traced step, or all.")
+
+
+class EvalConfig(Section):
+    """Held-out evaluation during training, logged to metrics.jsonl."""
+
+    bench: list[str] = Field(default_factory=list, description="Benchmarks to evaluate; empty disables.")
+    every: int = Field(0, ge=0, description="Also evaluate every N steps; 0 evaluates only before and after.")
+    n: int = Field(1, ge=1, description="Samples per problem.")
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False, description="0 is greedy.")
+    max_new_tokens: int | None = Field(None, ge=1, description="null means rollout.max_new_tokens.")
+    max_problems: int | None = Field(None, ge=1, description="Evaluate only the first N problems.")
+    teacher: bool = Field(False, description="Also evaluate the teacher once, before training (local teachers).")
+
+
+class Config(Section):
+    """A whole run."""
+
+    seed: int = Field(0, description="Seeds prompt order and sampling; same seed, same run on CPU.")
+    student: SerializeAsAny[BackendConfig] = Field(default_factory=BackendConfig)
+    teacher: SerializeAsAny[BackendConfig] = Field(default_factory=lambda: BackendConfig(model="demo:teacher"))
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Config:
+        budget, limit = self.budget, self.rollout.max_new_tokens
+        if budget.max_len is None:
+            budget.max_len = limit
+        if budget.enable:
+            _require(
+                budget.min_len <= budget.init_len,
+                "budget.init_len",
+                budget.init_len,
+                f">= budget.min_len ({budget.min_len})",
+            )
+            _require(
+                budget.init_len <= budget.max_len,
+                "budget.init_len",
+                budget.init_len,
+                f"<= budget.max_len ({budget.max_len})",
+            )
+            _require(budget.max_len <= limit, "budget.max_len", budget.max_len, f"<= rollout.max_new_tokens ({limit})")
+        _require(self.prune_k <= self.loss.k, "prune.k", self.prune.k, f"<= loss.k ({self.loss.k})")
+        batch = self.optim.prompts_per_step * self.rollout.n
+        _require(
+            self.optim.grad_accum <= batch, "optim.grad_accum", self.optim.grad_accum, f"<= rollouts per step ({batch})"
+        )
+        return self
+
+    @property
+    def prune_k(self) -> int:
+        """Top-k size of the drift metric."""
+        return self.prune.k or self.loss.k
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r}: must be {allowed}")
+
+
+def demo_config_text() -> str:
+    """The embedded default: the demo config shipped inside the package."""
+    return resources.files("opdctl.demo").joinpath("config.yaml").read_text()
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, with one-line errors for a missing or malformed file."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (pass an existing YAML file to -c)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (student:, teacher:, ...), not {type(data).__name__}"
+        )
+    return data
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``section.key=value`` in ``raw``; the value is parsed as YAML (numbers, booleans, lists, null)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value, e.g. prune.threshold=0.8")
+    path = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve a config: the file (or the embedded demo), then the overrides, then validation."""
+    raw = read_yaml(Path(path)) if path is not None else yaml.safe_load(demo_config_text())
+    for override in overrides:
+        apply_override(raw, override)
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    """Build a Config from a plain mapping, resolving backend sections through their plugins."""
+    raw = dict(raw)
+    for kind in ("student", "teacher"):
+        raw[kind] = _backend_section(kind, raw.get(kind, {} if kind == "student" else {"model": "demo:teacher"}))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Config)) from None
+
+
+def _backend_section(kind: str, section: Any) -> BackendConfig:
+    """Validate a teacher/student section against the schema of the backend it names."""
+    from opdctl.backends import backend_class
+
+    if isinstance(section, BackendConfig):
+        return section
+    if not isinstance(section, dict):
+        raise ConfigError(f"{kind} must be a mapping of keys (backend, model, ...), got {section!r}")
+    name = section.get("backend", "hf")
+    if not isinstance(name, str):
+        raise ConfigError(f"{kind}.backend={name!r}: must be a backend name such as 'hf'")
+    schema = backend_class(kind, name).Config
+    try:
+        return schema.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, schema, prefix=kind)) from None
+
+
+def format_validation_error(exc: ValidationError, schema: type[BaseModel], prefix: str = "") -> str:
+    """One line: the first error's full key path, the bad value, and what is allowed."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        allowed = ", ".join(_fields_at(schema, loc[:-1]))
+        return f"unknown config key {key!r}; allowed keys here: {allowed}{more}"
+    if first["type"] == "value_error":
+        return f"config error: {first['ctx']['error']!s}{more}"
+    message = first["msg"][0].lower() + first["msg"][1:]
+    return f"config error: {key}={_show(first.get('input'))}: {message}{more}"
+
+
+def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    model = schema
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return (
+        repr(value)
+        if isinstance(value, str)
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    )
+
+
+def resolve_run_dir(template: str) -> Path:
+    """Fill ``{timestamp}`` in ``output.dir``."""
+    return Path(template.replace("{timestamp}", dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+
+
+def reference_markdown() -> str:
+    """The config reference (docs/config.md): every section and key with its default and meaning."""
+    from opdctl.backends import backend_class, installed
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated by `opdctl config --reference` from the schema; defaults are the paper's.",
+        "`opdctl train` without `-c` starts from the embedded demo config instead (examples/demo.yaml).",
+        "Set keys in a YAML file (`-c run.yaml`) or on the command line (`section.key=value`).",
+        "",
+    ]
+    for name, field in Config.model_fields.items():
+        if name not in ("seed", "student", "teacher"):
+            lines += _section_table(name, field.annotation)
+    for kind in ("student", "teacher"):
+        for backend in sorted(installed(kind)):
+            schema = backend_class(kind, backend).Config
+            lines += _section_table(f"{kind} (backend: {backend})", schema)
+    lines.append("`seed`: " + (Config.model_fields["seed"].description or "") + " Default 0.")
+    return "\n".join(lines) + "\n"
+
+
+def _section_table(title: str, schema: type[BaseModel]) -> list[str]:
+    rows = [f"## {title}", "", (schema.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]
+    for key, field in schema.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        rows.append(f"| `{key}` | `{_show(default)}` | {(field.description or '').replace('|', '/')} |")
+    return [*rows, ""]
