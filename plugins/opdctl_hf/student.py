@@ -1,0 +1,72 @@
+"""A local transformers model as the student: generates rollouts and is trained in place."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from opdctl.backends import Rollouts, Sampling
+
+from .loading import HFConfig, eos_ids, load_model, load_tokenizer
+from .sampling import sample
+from .sequences import gather_logprobs, pack, response_hidden
+
+
+class HFStudentConfig(HFConfig):
+    """A local transformers student, trained in place."""
+
+    autocast: Literal["auto", "none", "bfloat16", "float16"] = Field(
+        "auto", description="Mixed precision for forward passes; auto is bfloat16 on CUDA, none on CPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class HFStudent:
+    """Generation with a KV cache; differentiable log-probs for the loss; HF-format checkpoints."""
+
+    Config = HFStudentConfig
+
+    def __init__(self, config: HFStudentConfig) -> None:
+        self.config = config
+        self.tokenizer = load_tokenizer("student", config)
+        self.model = load_model("student", config, trainable=True)
+        self.device = next(self.model.parameters()).device
+        self.eos_ids = eos_ids(self.model, self.tokenizer)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+
+    def _autocast(self) -> torch.autocast:
+        name = self.config.autocast
+        if name == "auto":
+            name = "bfloat16" if self.device.type == "cuda" else "none"
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        self.model.eval()
+        with self._autocast():
+            return sample(self.model, prompts, sampling, self.eos_ids, self.tokenizer.pad_token_id)
+
+    def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
+        # Eval mode keeps dropout off, so these are the sampling policy's log-probs;
+        # transformers' gradient checkpointing only runs in train mode.
+        self.model.train(self.config.gradient_checkpointing)
+        width = rollouts.response_ids.shape[1]
+        with self._autocast():
+            hidden = response_hidden(self.model, pack(rollouts, self.tokenizer.pad_token_id, self.device), width)
+            query_lp, _, _ = gather_logprobs(
+                self.model, hidden, rollouts.mask.to(self.device), query_ids[:, :width], self.config.logprob_chunk
+            )
+        return query_lp
+
+    def save(self, directory: str) -> None:
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def weights_updated(self) -> None:
+        """Generation reads the trained weights directly: nothing to synchronise."""
+
+    def close(self) -> None:
+        del self.model

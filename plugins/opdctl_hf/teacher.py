@@ -1,0 +1,70 @@
+"""A local transformers model as the teacher."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from transformers import PreTrainedTokenizerBase
+
+from opdctl.backends import Rollouts, Sampling, TeacherScores
+
+from .loading import HFConfig, check_same_tokenizer, eos_ids, load_model, load_tokenizer
+from .sampling import sample
+from .sequences import gather_logprobs, pack, response_hidden
+
+
+class HFTeacherConfig(HFConfig):
+    """A local transformers teacher (AutoModelForCausalLM)."""
+
+    model: str = Field("demo:teacher", description="Local directory, hub id, or demo:teacher.")
+    batch_size: int = Field(8, ge=1, description="Rollouts per scoring forward pass.")
+
+
+class HFTeacher:
+    """Scores rollouts with a local causal LM, in row batches and bounded log-softmax chunks."""
+
+    Config = HFTeacherConfig
+
+    def __init__(self, config: HFTeacherConfig) -> None:
+        self.config = config
+        self.tokenizer = load_tokenizer("teacher", config)
+        self.model = load_model("teacher", config, trainable=False)
+        self.model.requires_grad_(False)
+        self.device = next(self.model.parameters()).device
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        check_same_tokenizer(tokenizer, self.tokenizer)
+
+    @torch.no_grad()
+    def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
+        parts = []
+        for start in range(0, len(rollouts), self.config.batch_size):
+            rows = slice(start, start + self.config.batch_size)
+            part = rollouts.select(rows)
+            hidden = response_hidden(
+                self.model, pack(part, self.tokenizer.pad_token_id, self.device), part.response_ids.shape[1]
+            )
+            query = query_ids[rows, : part.response_ids.shape[1]]
+            parts.append(
+                gather_logprobs(self.model, hidden, part.mask.to(self.device), query, self.config.logprob_chunk, top_k)
+            )
+        width = rollouts.response_ids.shape[1]
+        return TeacherScores(
+            topk_ids=_cat_padded([p[1] for p in parts], width),
+            topk_logprobs=_cat_padded([p[2] for p in parts], width),
+            query_logprobs=_cat_padded([p[0] for p in parts], width),
+        )
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        """Let the teacher answer prompts itself (used to evaluate it)."""
+        eos = eos_ids(self.model, self.tokenizer)
+        return sample(self.model, prompts, sampling, eos, self.tokenizer.pad_token_id)
+
+    def close(self) -> None:
+        del self.model
+
+
+def _cat_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Concatenate row batches trimmed to different widths, padding with zeros to ``width``."""
+    padded = [torch.nn.functional.pad(p.cpu(), (0, 0, 0, width - p.shape[1])) for p in parts]
+    return torch.cat(padded)

@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny models and configs built locally (no hub access needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from opdctl.demo.tokenizer import build_tokenizer
+
+
+def save_tiny_model(path: Path, seed: int, hidden: int = 16, layers: int = 1, tokenizer=None) -> Path:
+    """A randomly initialised Llama with the demo's character tokenizer, saved in HF format."""
+    tokenizer = tokenizer or build_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "teacher": save_tiny_model(root / "teacher", seed=1, hidden=32, layers=2),
+        "student": save_tiny_model(root / "student", seed=2),
+    }
+
+
+def tiny_config(models: dict[str, Path], run_dir: Path, **sections) -> dict:
+    """A config that trains in about a second on CPU."""
+    config = {
+        "seed": 0,
+        "student": {"backend": "hf", "model": str(models["student"])},
+        "teacher": {"backend": "hf", "model": str(models["teacher"]), "batch_size": 3, "logprob_chunk": 7},
+        "data": {"source": "demo", "limit": 50},
+        "rollout": {"n": 2, "temperature": 1.0, "max_new_tokens": 24},
+        "loss": {"estimator": "topk", "k": 4},
+        "prune": {"enable": True, "metric": "overlap_ratio", "k": 2, "threshold": 0.7, "w_drop": 0.1, "w_base": 0.5},
+        "budget": {
+            "enable": True,
+            "init_len": 16,
+            "min_len": 8,
+            "max_len": 24,
+            "step": 4,
+            "margin": 2,
+            "hit_ratio": 0.1,
+            "shrink_patience": 2,
+        },
+        "optim": {"lr": 1e-3, "steps": 4, "prompts_per_step": 3, "grad_accum": 2},
+        "output": {
+            "dir": str(run_dir),
+            "save_every": 2,
+            "trace_every": 1,
+            "trace_rollouts": "all",
+            "keep_checkpoints": None,
+        },
+        "eval": {"bench": []},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
