@@ -1,0 +1,136 @@
+"""Training prompts: the demo task, a local file, or a hub dataset, tokenized once."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from opdctl.config import DataConfig
+from opdctl.errors import DataError
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DEMO_TRAINING_PROMPTS = 20_000
+
+
+@dataclass
+class PromptSet:
+    """Tokenized prompts with their source text and reference answers (when known)."""
+
+    ids: list[list[int]]
+    texts: list[str]
+    answers: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, content: str | list[dict[str, str]], use_template: bool
+) -> list[int]:
+    """Token ids of a user prompt, through the chat template when the tokenizer has one."""
+    messages = [{"role": "user", "content": content}] if isinstance(content, str) else content
+    if use_template and tokenizer.chat_template:
+        return list(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
+    text = "\n".join(m["content"] for m in messages)
+    return tokenizer.encode(text)
+
+
+def load_rows(source: str, split: str = "train", name: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a local .jsonl/.json/.parquet file or a hub dataset, loaded with `datasets`."""
+    import datasets
+
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    looks_local = suffix in FILE_FORMATS or source.startswith((".", "/", "~"))
+    try:
+        if looks_local:
+            if not path.is_file():
+                raise DataError(f"data file not found: {path} (give an existing .jsonl, .json or .parquet file)")
+            if suffix not in FILE_FORMATS:
+                raise DataError(f"unsupported data file {path}: use .jsonl, .json or .parquet")
+            if path.stat().st_size == 0:
+                raise DataError(f"data file {path} is empty: it needs one row per prompt")
+            dataset = datasets.load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train")
+        else:
+            dataset = datasets.load_dataset(source, name, split=split)
+    except DataError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot load dataset {source!r}: {reason}") from exc
+    return list(dataset)
+
+
+def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PromptSet:
+    """The training prompts named by the ``data`` section."""
+    if config.source == "demo":
+        from opdctl.demo.task import training_problems
+
+        problems = list(islice(training_problems(seed), config.limit or DEMO_TRAINING_PROMPTS))
+        texts = [p.prompt for p in problems]
+        return PromptSet(
+            [chat_prompt(tokenizer, t, config.chat_template) for t in texts], texts, [p.answer for p in problems]
+        )
+    rows = load_rows(config.source, config.split, config.name)[: config.limit]
+    if not rows:
+        raise DataError(
+            f"dataset {config.source!r} (split {config.split!r}) has no rows: check data.source and data.split"
+        )
+    if config.prompt_field not in rows[0]:
+        raise DataError(
+            f"dataset {config.source!r} has no column {config.prompt_field!r} "
+            f"(columns: {', '.join(rows[0])}): set data.prompt_field"
+        )
+    prompts = PromptSet([], [], [])
+    for index, row in enumerate(rows):
+        content = _prompt_content(row, config, index)
+        ids = chat_prompt(tokenizer, content, config.chat_template)
+        if len(ids) > config.max_prompt_tokens:
+            raise DataError(
+                f"{config.source} row {index}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
+                f"{config.max_prompt_tokens} (raise it, or remove long prompts from the data)"
+            )
+        prompts.ids.append(ids)
+        prompts.texts.append(content if isinstance(content, str) else content[-1]["content"])
+        answer = row.get(config.answer_field) if config.answer_field else None
+        prompts.answers.append(None if answer is None else str(answer))
+    return prompts
+
+
+def _prompt_content(row: dict[str, Any], config: DataConfig, index: int) -> str | list[dict[str, str]]:
+    value = row[config.prompt_field]
+    if isinstance(value, list):  # already chat messages
+        return value
+    try:
+        return config.prompt_template.format_map({**row, "prompt": value})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise DataError(f"data.prompt_template {config.prompt_template!r} fails on row {index}: {exc!r}") from exc
+
+
+class PromptSampler:
+    """Which prompts each step uses: a seeded permutation per epoch, a pure function of the step.
+
+    Being stateless makes resumed runs draw exactly the prompts an uninterrupted run would.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self._epoch, self._order = -1, list(range(size))
+
+    def indices(self, step: int, count: int) -> list[int]:
+        picked = []
+        for slot in range(step * count, (step + 1) * count):
+            epoch, position = divmod(slot, self.size)
+            if epoch != self._epoch:
+                self._order = list(range(self.size))
+                random.Random(self.seed * 1_000_003 + epoch).shuffle(self._order)
+                self._epoch = epoch
+            picked.append(self._order[position])
+        return picked

@@ -1,0 +1,1 @@
+"""Benchmark evaluation: loading problems, generating answers, grading, and metrics."""

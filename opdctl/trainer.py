@@ -1,0 +1,409 @@
+"""The drift-aware OPD training loop (Prune-OPD; plain OPD with ``prune.enable=false budget.enable=false``).
+
+One step, in order::
+
+    prompts -> student.generate (under the response budget) -> rollouts
+    rollouts -> teacher.score -> teacher top-k, log-probs of the student's top-k and sampled ids
+    drift signal -> bad events -> monotone weights w_t, m_t, effective lengths
+    student log-probs (with gradient) -> reverse-KL loss weighted by m_t -> optimizer step
+    effective lengths -> budget for the next step
+    metrics.jsonl, traces, checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opdctl import drift, losses
+from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores, backend_class
+from opdctl.budget import BudgetLimits, BudgetState, update_budget
+from opdctl.config import Config, resolve_run_dir, validate
+from opdctl.data import PromptSampler, PromptSet, load_prompts
+from opdctl.errors import ConfigError, RunError
+from opdctl.evaluation.benchmarks import SYNTHETIC, synthetic
+from opdctl.evaluation.runner import evaluate
+from opdctl.progress import reporter
+from opdctl.rundir import RunDir
+from opdctl.traces import trace_tables
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+@dataclass
+class StepDrift:
+    """What the drift monitor concluded about one batch."""
+
+    overlap: torch.Tensor  # o_t, the paper's overlap ratio (logged whatever the metric)
+    signal: torch.Tensor  # the configured metric's value
+    bad: torch.Tensor
+    weights: drift.Weights
+
+
+def measure_drift(config: Config, rollouts: Rollouts, scores: TeacherScores) -> StepDrift:
+    """Overlap, bad events and weights of a scored batch (plain OPD keeps every weight at 1)."""
+    k, mask = config.prune_k, rollouts.mask
+    student_topk, teacher_topk = rollouts.topk_ids[..., :k], scores.topk_ids[..., :k]
+    signal = drift.drift_signal(
+        config.prune.metric,
+        student_topk=student_topk,
+        student_topk_logprobs=rollouts.topk_logprobs[..., :k],
+        teacher_topk=teacher_topk,
+        teacher_topk_logprobs=scores.topk_logprobs[..., :k],
+        sampled=rollouts.response_ids,
+        threshold=config.prune.threshold,
+    )
+    bad = drift.bad_events(signal, mask, config.prune.metric, config.prune.threshold)
+    if config.prune.enable:
+        weights = drift.reliability_weights(bad, mask, config.prune.w_drop, config.prune.w_base)
+    else:
+        weights = drift.uniform_weights(mask)
+    return StepDrift(drift.overlap_ratio(student_topk, teacher_topk) * mask, signal * mask, bad, weights)
+
+
+def opd_loss(
+    config: Config, student_lp: torch.Tensor, teacher_lp: torch.Tensor, loss_weight: torch.Tensor, num_tokens: int
+) -> torch.Tensor:
+    """The configured estimator on ``[B, T, k+1]`` log-probs (the student's top-k, then the sampled id)."""
+    k = config.loss.k
+    if config.loss.estimator == "topk":
+        return losses.topk_reverse_kl(
+            student_lp[..., :k], teacher_lp[..., :k], loss_weight, num_tokens, config.loss.weighting
+        )
+    return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens)
+
+
+def load_backends(config: Config, student_model: str | None = None) -> tuple[Student, Teacher]:
+    """Instantiate the configured backends (the student from ``student_model`` when resuming)."""
+    student_config = config.student
+    if student_model is not None:
+        student_config = student_config.model_copy(update={"model": student_model})
+    student = backend_class("student", config.student.backend)(student_config)
+    teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
+    teacher.check_tokenizer(student.tokenizer)
+    return student, teacher
+
+
+class Trainer:
+    """Owns the backends, optimizer, budget and run directory of one training run."""
+
+    def __init__(self, config: Config, run: RunDir, student: Student, teacher: Teacher, prompts: PromptSet) -> None:
+        self.config, self.run, self.student, self.teacher, self.prompts = config, run, student, teacher, prompts
+        self.sampler = PromptSampler(len(prompts), config.seed)
+        params = [p for p in student.model.parameters() if p.requires_grad]
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        )
+        self.budget = BudgetState(current_len=config.budget.init_len)
+        self.limits = BudgetLimits(
+            min_len=config.budget.min_len,
+            max_len=config.budget.max_len or config.rollout.max_new_tokens,
+            step=config.budget.step,
+            hit_ratio=config.budget.hit_ratio,
+            margin=config.budget.margin,
+            shrink_patience=config.budget.shrink_patience,
+        )
+        self.step = 0
+        self.nonfinite_streak = 0
+        self.elapsed = 0.0
+
+    # setup -----------------------------------------------------------------
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from a checkpoint written by :meth:`save` (model weights were loaded by the backend)."""
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.nonfinite_streak, self.elapsed = state["step"], state["nonfinite_streak"], state["elapsed"]
+        self.budget = BudgetState(**state["budget"])
+        random.setstate(_tuple_state(state["python_rng"]))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+
+    def save(self) -> Path:
+        def write(directory: Path) -> None:
+            self.student.save(str(directory))
+            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+            state = {
+                "step": self.step,
+                "budget": self.budget.to_dict(),
+                "nonfinite_streak": self.nonfinite_streak,
+                "elapsed": self.elapsed,
+                "scheduler": self.scheduler.state_dict(),
+                "python_rng": random.getstate(),
+                "torch_rng": torch.get_rng_state().tolist(),
+            }
+            (directory / STATE_FILE).write_text(json.dumps(state))
+
+        return self.run.save_checkpoint(self.step, write, self.config.output.keep_checkpoints)
+
+    # the loop ----------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.config
+        if self.step == 0:
+            self.evaluate("before")
+        with reporter().task("Training", cfg.optim.steps) as advance:
+            advance(self.step)
+            while self.step < cfg.optim.steps:
+                started = time.perf_counter()
+                record = self.train_step()
+                self.elapsed += time.perf_counter() - started
+                record["elapsed_seconds"] = round(self.elapsed, 3)
+                self.run.append_metrics(record)
+                advance(**_progress_fields(record))
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.optim.steps:
+                    self.evaluate("during")
+                if self.step % cfg.output.save_every == 0 or self.step == cfg.optim.steps:
+                    self.save()
+        self.evaluate("after")
+        return self.summarize()
+
+    def train_step(self) -> dict[str, Any]:
+        """One Prune-OPD step; returns its metrics record."""
+        cfg, step = self.config, self.step
+        indices = self.sampler.indices(step, cfg.optim.prompts_per_step)
+        prompts = [self.prompts.ids[i] for i in indices for _ in range(cfg.rollout.n)]
+        max_len = self.budget.current_len if cfg.budget.enable else cfg.rollout.max_new_tokens
+        sampling = Sampling(max_len, cfg.rollout.temperature, record_topk=cfg.loss.k, seed=_step_seed(cfg.seed, step))
+
+        t0 = _now(self.student.device)
+        rollouts = self.student.generate(prompts, sampling)
+        t1 = _now(self.student.device)
+        query_ids = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], dim=-1)
+        scores = self.teacher.score(rollouts, query_ids, cfg.prune_k)
+        t2 = _now(self.student.device)
+        measured = measure_drift(cfg, rollouts, scores)
+        update = self.update(rollouts, query_ids, scores, measured.weights.loss_weight)
+        t3 = _now(self.student.device)
+
+        lengths = measured.weights.effective_length.tolist()
+        budget = update_budget(self.budget, lengths, self.limits) if cfg.budget.enable else None
+        mask = rollouts.mask
+        tokens = int(mask.sum())
+        record = {
+            "step": step + 1,
+            **update,
+            "overlap": _masked_mean(measured.overlap, mask),
+            "bad_event_rate": _masked_mean(measured.bad.float(), mask),
+            "weight": _masked_mean(measured.weights.weight, mask),
+            "effective_length": sum(lengths) / len(lengths),
+            "response_length": tokens / len(rollouts),
+            "max_len": max_len,
+            "next_max_len": budget.state.current_len if budget else max_len,
+            "hit_ratio": budget.hit_ratio if budget else None,
+            "tokens_generated": tokens,
+            "tokens_scored": tokens,
+            "tokens_trained": int((measured.weights.loss_weight > 0).sum()),
+            "finish_eos": rollouts.finish_reasons.count("eos"),
+            "finish_length": rollouts.finish_reasons.count("length"),
+            "generate_seconds": round(t1 - t0, 4),
+            "score_seconds": round(t2 - t1, 4),
+            "update_seconds": round(t3 - t2, 4),
+        }
+        if budget:
+            self.budget = budget.state
+        if self._traced(step + 1):
+            self.run.write_traces(
+                step + 1,
+                *trace_tables(step + 1, indices, cfg, rollouts, scores, measured, update["student_lp"], max_len),
+            )
+        record.pop("student_lp")
+        self.step += 1
+        return record
+
+    def update(
+        self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
+    ) -> dict[str, Any]:
+        """Forward/backward over micro-batches, then one clipped optimizer step (skipped if non-finite)."""
+        cfg, device = self.config, self.student.device
+        num_tokens = max(1, int(rollouts.mask.sum()))
+        teacher_lp = scores.query_logprobs.to(device)
+        loss_weight = loss_weight.to(device)
+        total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
+        size = math.ceil(len(rollouts) / cfg.optim.grad_accum)
+        for start in range(0, len(rollouts), size):
+            rows = slice(start, start + size)
+            part = rollouts.select(rows)
+            width = part.response_ids.shape[1]
+            student_lp = self.student.logprobs(part, query_ids[rows, :width])
+            loss = opd_loss(cfg, student_lp, teacher_lp[rows, :width], loss_weight[rows, :width], num_tokens)
+            loss.backward()
+            total_loss += loss.item()
+            sampled_lp[rows, :width] = student_lp[..., -1].detach().float().cpu()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.model.parameters(), cfg.optim.grad_clip or math.inf)
+        finite = math.isfinite(total_loss) and bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.nonfinite_streak = 0
+        else:
+            self.nonfinite_streak += 1
+            reporter().message(f"warning: step {self.step + 1}: non-finite loss or gradient, update skipped")
+            if self.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
+                raise RunError(
+                    f"{self.nonfinite_streak} steps in a row had a non-finite loss or gradient: lower optim.lr, "
+                    f"check the teacher, or resume from the last checkpoint with --resume {self.run.path}"
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.student.weights_updated()
+        teacher_sampled = scores.query_logprobs[..., -1]
+        return {
+            "loss": total_loss,
+            "reverse_kl": losses.reverse_kl_estimate(sampled_lp, teacher_sampled, rollouts.mask),
+            "grad_norm": float(grad_norm),
+            "lr": self.scheduler.get_last_lr()[0],
+            "skipped": not finite,
+            "student_lp": sampled_lp,
+        }
+
+    def _traced(self, step: int) -> bool:
+        every = self.config.output.trace_every
+        return bool(every) and (step % every == 0 or step == 1)
+
+    # evaluation and summary ----------------------------------------------------
+
+    def evaluate(self, when: str) -> None:
+        """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
+        cfg = self.config.eval
+        models: list[tuple[str, Any]] = [(when, self.student)]
+        if cfg.teacher and when == "before" and hasattr(self.teacher, "generate"):
+            models.append(("teacher", self.teacher))
+        for name in cfg.bench:
+            if name != SYNTHETIC:
+                raise ConfigError(f"eval.bench: unknown benchmark {name!r} (available during training: {SYNTHETIC})")
+            for label, model in models:
+                score = evaluate(
+                    model,
+                    synthetic(cfg.max_problems),
+                    n=cfg.n,
+                    temperature=cfg.temperature,
+                    max_new_tokens=cfg.max_new_tokens or self.config.rollout.max_new_tokens,
+                    seed=self.config.seed,
+                )
+                self.run.append_metrics({"step": self.step, "eval": name, "when": label, **score.to_dict()})
+                who = "teacher" if label == "teacher" else f"student ({label})"
+                reporter().message(f"{name}: {who} accuracy {score.accuracy:.1%} at step {self.step}")
+
+    def summarize(self) -> dict[str, Any]:
+        records = self.run.read_metrics()
+        steps = [r for r in records if "eval" not in r]
+        evals = [r for r in records if "eval" in r]
+        summary = {
+            "run_dir": str(self.run.path),
+            "steps": self.step,
+            "seconds": round(self.elapsed, 1),
+            "tokens_generated": sum(r["tokens_generated"] for r in steps),
+            "mean_effective_length": _mean([r["effective_length"] for r in steps]),
+            "mean_response_length": _mean([r["response_length"] for r in steps]),
+            "final_max_len": steps[-1]["next_max_len"] if steps else None,
+            "skipped_steps": sum(bool(r["skipped"]) for r in steps),
+            "eval": {
+                e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")}
+                for e in evals
+            },
+        }
+        self.run.write_summary(summary)
+        return summary
+
+
+def check_lengths(config: Config, student: Student, prompts: PromptSet) -> None:
+    """Refuse settings the student cannot run: k beyond its vocabulary, prompts plus responses beyond its context."""
+    vocab = student.model.get_output_embeddings().weight.shape[0]
+    if config.loss.k > vocab:
+        raise ConfigError(f"loss.k={config.loss.k} is larger than the student's vocabulary ({vocab} tokens): lower it")
+    context = getattr(student.model.config, "max_position_embeddings", None)
+    longest = max(map(len, prompts.ids))
+    if context and longest + config.rollout.max_new_tokens > context:
+        raise ConfigError(
+            f"the longest prompt ({longest} tokens) plus rollout.max_new_tokens={config.rollout.max_new_tokens} "
+            f"exceeds the student's context of {context} tokens: lower rollout.max_new_tokens or data.max_prompt_tokens"
+        )
+
+
+def start_run(config: Config, resume: Path | None = None) -> Trainer:
+    """Build a trainer for a new run, or for ``resume``'s run from its last checkpoint.
+
+    Backends and data load before a new run directory is created, so a run that
+    cannot start leaves nothing behind.
+    """
+    run = RunDir.open(resume) if resume is not None else None
+    path = run.path if run else resolve_run_dir(config.output.dir)
+    if run is None:
+        RunDir.refuse_existing(path)
+    latest = run.latest_checkpoint() if run else None
+    student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None)
+    prompts = load_prompts(config.data, student.tokenizer, config.seed)
+    check_lengths(config, student, prompts)
+    config.output.dir = str(path)
+    if run is None:
+        run = RunDir.create(path, config.to_yaml())
+    else:
+        run.write_config(config.to_yaml())
+    trainer = Trainer(config, run, student, teacher, prompts)
+    if latest is not None:
+        trainer.restore(latest[1])
+        reporter().message(f"Resuming {run.path} from step {trainer.step}")
+    run.rewind(trainer.step)
+    return trainer
+
+
+def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config a run was started with, plus command-line overrides."""
+    import yaml
+
+    from opdctl.config import apply_override
+
+    run = RunDir.open(run_dir)
+    raw = yaml.safe_load(run.config_path.read_text()) or {}
+    if not raw:
+        raise RunError(f"{run_dir}/config.yaml is empty: the run never started; start a new run instead")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate(raw)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919) % (2**63 - 1)
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    count = int(mask.sum())
+    return float((values * mask).sum() / count) if count else 0.0
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _latest(records: list[dict[str, Any]], name: str, when: str) -> float | None:
+    found = [r["accuracy"] for r in records if r["eval"] == name and r["when"] == when]
+    return found[-1] if found else None
+
+
+def _progress_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kl": f"{record['reverse_kl']:.2f}",
+        "overlap": f"{record['overlap']:.2f}",
+        "w": f"{record['weight']:.2f}",
+        "len": record["next_max_len"],
+    }
+
+
+def _tuple_state(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
