@@ -1,0 +1,3 @@
+from opdctl.cli import main
+
+main()

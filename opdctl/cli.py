@@ -1,0 +1,163 @@
+"""The `opdctl` command line: parses arguments, calls the library, renders the results."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from opdctl.errors import OpdctlError
+
+app = typer.Typer(
+    help="Drift-aware on-policy distillation (Prune-OPD) of reasoning language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+backends_app = typer.Typer(help="List the installed teacher and student backends.", invoke_without_command=True)
+app.add_typer(backends_app, name="backends")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config; without it the embedded demo config is used.")
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Dotted overrides, e.g. prune.threshold=0.8 optim.steps=50.", show_default=False),
+]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+
+def _run(debug: bool, action: Callable[[], Any]) -> Any:
+    """Run ``action``, turning errors into one red line and a non-zero exit (tracebacks with --debug)."""
+    from opdctl.console import console
+
+    try:
+        return action()
+    except OpdctlError as exc:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        console.print(
+            f"[bold red]error:[/bold red] {type(exc).__name__}: {reason} (rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _quiet_libraries() -> None:
+    """Keep transformers/datasets progress bars and advisory warnings out of our output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+@app.command()
+def train(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Distil the student from the teacher with Prune-OPD.
+
+    Without a config this runs the embedded demo: tiny local models on a synthetic
+    arithmetic task (the models are trained once and cached).
+
+    Examples:
+
+        opdctl train
+
+        opdctl train -c examples/qwen3-4b.yaml optim.steps=50
+
+        opdctl train --resume runs/20260101-120000
+    """
+    from opdctl.config import load_config
+    from opdctl.console import console, stdout, summary_table
+    from opdctl.progress import reporting_to
+    from opdctl.trainer import resumed_config, start_run
+
+    def action() -> None:
+        _quiet_libraries()
+        if resume is not None and config is not None:
+            raise OpdctlError("--resume uses the run's own config.yaml: drop -c (overrides are still allowed)")
+        cfg = resumed_config(resume, overrides or []) if resume else load_config(config, overrides or [])
+        from opdctl.console import RichReporter
+
+        with reporting_to(RichReporter()):
+            trainer = start_run(cfg, resume)
+            console.print(f"[bold]run directory[/bold] {trainer.run.path}")
+            summary = trainer.fit()
+        stdout.print(summary_table(summary))
+
+    _run(debug, action)
+
+
+@app.command("config")
+def show_config(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Print every key with its default, as Markdown.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Print the resolved config (file or demo, plus overrides) as YAML, or the key reference."""
+    from opdctl.config import load_config, reference_markdown
+
+    def action() -> None:
+        text = reference_markdown() if reference else load_config(config, overrides or []).to_yaml()
+        sys.stdout.write(text)
+
+    _run(debug, action)
+
+
+@backends_app.callback()
+def backends(ctx: typer.Context) -> None:
+    """List the installed teacher and student backends and where they come from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from opdctl.backends import installed
+    from opdctl.console import stdout
+
+    table = Table(title="installed backends", header_style="bold")
+    for column in ("role", "name", "provided by", "object"):
+        table.add_column(column)
+    for kind in ("teacher", "student"):
+        for name, ep in sorted(installed(kind).items()):
+            dist = ep.dist.name if ep.dist else "?"
+            table.add_row(kind, name, dist, ep.value)
+    stdout.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

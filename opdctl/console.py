@@ -1,0 +1,77 @@
+"""Terminal rendering for the CLI: progress bars, messages, result tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)  # progress, messages, errors
+stdout = Console()  # results
+
+
+class RichReporter:
+    """Progress bars and messages on stderr (stdout stays clean for --json output)."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+
+    def message(self, text: str) -> None:
+        (self.progress.console if self.progress else console).print(f"[dim]·[/dim] {text}")
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
+        outer, self.progress = self.progress, progress
+        with progress:
+            task_id = progress.add_task(description, total=total, info="")
+
+            def advance(n: int = 1, **fields: Any) -> None:
+                info = "  ".join(f"{k} {v}" for k, v in fields.items())
+                progress.update(task_id, advance=n, info=info)
+
+            yield advance
+        self.progress = outer
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The end-of-run table: accuracy before/after (and the teacher's), tokens, lengths, time."""
+    table = Table(title=f"opdctl run {summary['run_dir']}", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for bench, acc in summary["eval"].items():
+        table.add_row(f"student accuracy on {bench}, before", _pct(acc["before"]))
+        table.add_row(f"student accuracy on {bench}, after", _pct(acc["after"]))
+        if acc.get("teacher") is not None:
+            table.add_row(f"teacher accuracy on {bench}", _pct(acc["teacher"]))
+    table.add_row("steps", str(summary["steps"]))
+    table.add_row("tokens generated", f"{summary['tokens_generated']:,}")
+    table.add_row("mean response length", _num(summary["mean_response_length"]))
+    table.add_row("mean effective length", _num(summary["mean_effective_length"]))
+    table.add_row("max response length at the end", str(summary["final_max_len"]))
+    if summary["skipped_steps"]:
+        table.add_row("skipped (non-finite) steps", str(summary["skipped_steps"]))
+    table.add_row("training time", f"{summary['seconds']:.0f} s")
+    return table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

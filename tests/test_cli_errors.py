@@ -1,0 +1,121 @@
+"""Bad input: one line naming the cause and the fix, a non-zero exit, no traceback, nothing half-written."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from opdctl.cli import app
+from opdctl.demo.tokenizer import build_tokenizer
+
+from .conftest import read_metrics, save_tiny_model, tiny_config, write_config
+
+
+def run_cli(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    text = result.output.strip().splitlines()[-1]
+    assert text.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def _bad_run(tiny_models, tmp_path, **sections):
+    config = tiny_config(tiny_models, tmp_path / "run", **sections)
+    return run_cli("train", "-c", str(write_config(tmp_path / "c.yaml", config)))
+
+
+def test_missing_model_path(tiny_models, tmp_path):
+    result = _bad_run(tiny_models, tmp_path, student={"model": str(tmp_path / "nowhere")})
+    assert_one_line_error(result, "student.model=", "no Hugging Face model at", "config.json")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_backend(tiny_models, tmp_path):
+    result = _bad_run(tiny_models, tmp_path, teacher={"backend": "tgi"})
+    assert_one_line_error(result, "unknown teacher backend 'tgi'", "installed teacher backends are hf")
+
+
+def test_tokenizer_mismatch(tiny_models, tmp_path):
+    other = build_tokenizer()
+    other.add_tokens(["<x>"])
+    teacher = save_tiny_model(tmp_path / "other", seed=4, tokenizer=other)
+    result = _bad_run(tiny_models, tmp_path, teacher={"model": str(teacher)})
+    assert_one_line_error(result, "teacher and student tokenizers differ", "same tokenizer")
+
+
+def test_empty_dataset(tiny_models, tmp_path):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    result = _bad_run(tiny_models, tmp_path, data={"source": str(data), "limit": None})
+    assert_one_line_error(result, "empty.jsonl is empty", "one row per prompt")
+
+
+def test_dataset_without_the_prompt_column(tiny_models, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "1+1", "answer": "2"}) + "\n")
+    result = _bad_run(tiny_models, tmp_path, data={"source": str(data), "limit": None})
+    assert_one_line_error(result, "no column 'prompt'", "question", "data.prompt_field")
+
+
+def test_prompt_longer_than_the_limit(tiny_models, tmp_path):
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "1+" * 300}) + "\n")
+    result = _bad_run(tiny_models, tmp_path, data={"source": str(data), "limit": None, "max_prompt_tokens": 100})
+    assert_one_line_error(result, "row 0", "data.max_prompt_tokens=100")
+
+
+def test_prompt_plus_response_beyond_the_context(tiny_models, tmp_path):
+    result = _bad_run(tiny_models, tmp_path, rollout={"max_new_tokens": 250}, budget={"enable": False})
+    assert_one_line_error(result, "rollout.max_new_tokens=250", "context of 256 tokens")
+
+
+def test_bad_config_value(tmp_path):
+    result = run_cli("train", "prune.threshold=2")
+    assert_one_line_error(result, "prune.threshold=2", "less than or equal to 1")
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(run_cli("train", "-c", str(tmp_path / "none.yaml")), "config file not found")
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path):
+    assert_one_line_error(run_cli("train", "--resume", str(tmp_path)), "not an opdctl run directory")
+
+
+def test_existing_run_directory_is_not_overwritten(tiny_models, tmp_path):
+    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 1})
+    path = write_config(tmp_path / "c.yaml", config)
+    assert run_cli("train", "-c", str(path)).exit_code == 0
+    assert_one_line_error(run_cli("train", "-c", str(path)), "already holds a run", "--resume")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("train", "-c", str(tmp_path / "none.yaml"), "--debug")
+    assert result.exit_code != 0
+    assert result.exception is not None
+
+
+@pytest.fixture
+def nan_teacher(tiny_models, tmp_path):
+    path = save_tiny_model(tmp_path / "nan", seed=1, hidden=32, layers=2)
+    weights = load_file(path / "model.safetensors")
+    weights = {k: torch.full_like(v, float("nan")) if "norm" in k else v for k, v in weights.items()}
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def test_non_finite_loss_skips_steps_then_stops_with_an_intact_run(tiny_models, tmp_path, nan_teacher):
+    result = _bad_run(
+        tiny_models, tmp_path, teacher={"model": str(nan_teacher)}, optim={"steps": 10, "max_nonfinite_steps": 3}
+    )
+    assert_one_line_error(result, "3 steps in a row had a non-finite loss", "--resume")
+    records = read_metrics(tmp_path / "run")
+    assert [r["skipped"] for r in records] == [True, True]  # the third one raised before it was logged
+    assert not list((tmp_path / "run").rglob(".*partial*"))

@@ -1,0 +1,192 @@
+"""End-to-end `opdctl train` on tiny models: the run directory, traces, plain OPD, resume."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from opdctl.cli import app
+from opdctl.rundir import RunDir
+
+from .conftest import read_metrics, tiny_config, write_config
+
+TIMING = {"generate_seconds", "score_seconds", "update_seconds", "elapsed_seconds"}
+STEP_KEYS = {
+    "step",
+    "loss",
+    "reverse_kl",
+    "overlap",
+    "bad_event_rate",
+    "weight",
+    "effective_length",
+    "max_len",
+    "next_max_len",
+    "hit_ratio",
+    "tokens_generated",
+    "tokens_scored",
+    "tokens_trained",
+    *TIMING,
+}
+
+
+def train(config_path, *args):
+    result = CliRunner().invoke(app, ["train", "-c", str(config_path), *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    config = tiny_config(tiny_models, root / "run")
+    train(write_config(root / "tiny.yaml", config))
+    return root / "run", config
+
+
+def test_run_directory_holds_config_metrics_traces_checkpoints(tiny_run):
+    run_dir, config = tiny_run
+    written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert written["prune"] == {**written["prune"], **config["prune"]}
+    steps = [r for r in read_metrics(run_dir) if "eval" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert set(steps[0]) >= STEP_KEYS
+    assert all(r["tokens_generated"] == r["tokens_scored"] > 0 for r in steps)
+    assert sorted(p.name for p in (run_dir / "traces" / "tokens").iterdir()) == [
+        f"step_{i:06d}.parquet" for i in (1, 2, 3, 4)
+    ]
+    assert [step for step, _ in RunDir(run_dir).checkpoints()] == [2, 4]
+    checkpoint = run_dir / "checkpoints" / "step_000004"
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "tokenizer.json"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
+    AutoModelForCausalLM.from_pretrained(checkpoint)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4
+    assert not list(run_dir.rglob(".*partial*"))
+
+
+def test_budget_in_metrics_follows_the_controller(tiny_run):
+    """max_len of each step is the previous step's next_max_len, inside [min_len, max_len]."""
+    run_dir, config = tiny_run
+    steps = [r for r in read_metrics(run_dir) if "eval" not in r]
+    assert steps[0]["max_len"] == config["budget"]["init_len"]
+    for before, after in itertools.pairwise(steps):
+        assert after["max_len"] == before["next_max_len"]
+    assert all(config["budget"]["min_len"] <= r["next_max_len"] <= config["budget"]["max_len"] for r in steps)
+
+
+def test_traced_weights_recompute_from_bad_events_and_config(tiny_run):
+    """An independent recomputation of every traced token's weight from the trace and the config."""
+    run_dir, config = tiny_run
+    prune = config["prune"]
+    tokens = pq.read_table(run_dir / "traces" / "tokens").to_pandas()
+    rollouts = pq.read_table(run_dir / "traces" / "rollouts").to_pandas()
+    assert len(tokens) > 0
+    for (step, rollout), group in tokens.groupby(["step", "rollout"]):
+        group = group.sort_values("position")
+        assert list(group["position"]) == list(range(len(group)))
+        assert list(group["bad"]) == [o < prune["threshold"] for o in group["overlap"]]
+        count, effective = 0, 0
+        for bad, weight, loss_weight in zip(group["bad"], group["weight"], group["loss_weight"], strict=True):
+            count += bool(bad)
+            expected = min(1.0, max(0.0, 1.0 - prune["w_drop"] * count))
+            assert weight == pytest.approx(expected, abs=1e-6)
+            assert loss_weight == pytest.approx(expected + prune["w_base"], abs=1e-6)
+            effective += expected > 1e-8
+        row = rollouts[(rollouts.step == step) & (rollouts.rollout == rollout)].iloc[0]
+        assert row.effective_length == effective
+        assert row.length == len(group)
+
+
+def test_plain_opd_is_the_same_loop_with_unit_weights(tiny_models, tmp_path):
+    config = tiny_config(tiny_models, tmp_path / "plain", prune={"enable": False}, budget={"enable": False})
+    train(write_config(tmp_path / "plain.yaml", config))
+    steps = [r for r in read_metrics(tmp_path / "plain") if "eval" not in r]
+    assert all(r["weight"] == 1.0 and r["max_len"] == 24 == r["next_max_len"] for r in steps)
+    tokens = pq.read_table(tmp_path / "plain" / "traces" / "tokens").to_pandas()
+    assert (tokens["loss_weight"] == 1.0).all()
+
+
+def test_sampled_estimator_and_top_p_metric_run(tiny_models, tmp_path):
+    config = tiny_config(
+        tiny_models,
+        tmp_path / "run",
+        loss={"estimator": "sampled"},
+        prune={"metric": "teacher_top_p", "threshold": 0.9},
+    )
+    train(write_config(tmp_path / "c.yaml", config))
+    assert len([r for r in read_metrics(tmp_path / "run") if "eval" not in r]) == 4
+
+
+def test_in_training_evaluation_is_logged(tiny_models, tmp_path):
+    config = tiny_config(tiny_models, tmp_path / "run", eval={"bench": ["synthetic"], "max_problems": 3, "every": 2})
+    result = train(write_config(tmp_path / "c.yaml", config))
+    evals = [r for r in read_metrics(tmp_path / "run") if "eval" in r]
+    assert [(r["step"], r["when"]) for r in evals] == [(0, "before"), (2, "during"), (4, "after")]
+    assert all(r["samples"] == 3 for r in evals)
+    assert "student accuracy on synthetic, after" in result.output
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_models, tmp_path):
+    steps = {"steps": 24}
+    output = {"save_every": 4, "keep_checkpoints": 2}
+    whole = tiny_config(tiny_models, tmp_path / "whole", optim=steps, output=output)
+    train(write_config(tmp_path / "whole.yaml", whole))
+
+    crashed = tiny_config(tiny_models, tmp_path / "crashed", optim=steps, output=output)
+    path = write_config(tmp_path / "crashed.yaml", crashed)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "opdctl", "train", "-c", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = tmp_path / "crashed" / "checkpoints" / "step_000008"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = [r["step"] for r in read_metrics(tmp_path / "crashed") if "eval" not in r]
+    assert done and done[-1] < 24, "the run finished before it could be killed"
+
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "crashed")])
+    assert result.exit_code == 0, result.output
+    assert _comparable(read_metrics(tmp_path / "crashed")) == _comparable(read_metrics(tmp_path / "whole"))
+    final_a = AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "checkpoints" / "step_000024")
+    final_b = AutoModelForCausalLM.from_pretrained(tmp_path / "crashed" / "checkpoints" / "step_000024")
+    for a, b in zip(final_a.state_dict().values(), final_b.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_can_extend_a_finished_run(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "extended"
+    shutil.copytree(tiny_run[0], run_dir)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "optim.steps=6"])
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in read_metrics(run_dir) if "eval" not in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_console_script_runs(tiny_models, tmp_path):
+    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 1})
+    path = write_config(tmp_path / "c.yaml", config)
+    result = subprocess.run(["opdctl", "train", "-c", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "tokens generated" in result.stdout
