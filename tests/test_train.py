@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -187,6 +188,7 @@ def test_resume_can_extend_a_finished_run(tiny_run, tmp_path):
 def test_console_script_runs(tiny_models, tmp_path):
     config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 1})
     path = write_config(tmp_path / "c.yaml", config)
-    result = subprocess.run(["opdctl", "train", "-c", str(path)], capture_output=True, text=True, check=False)
+    script = Path(sys.executable).parent / "opdctl"
+    result = subprocess.run([str(script), "train", "-c", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "tokens generated" in result.stdout
