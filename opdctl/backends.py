@@ -14,6 +14,7 @@ config. opdctl never imports a backend by name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from opdctl.config import BackendConfig
 
 GROUPS = {"teacher": "opdctl.teachers", "student": "opdctl.students"}
+FinishedCallback = Callable[[list[int], "Rollouts"], None]
 FINISH_REASONS = ("eos", "length", "drift")
 
 
@@ -78,14 +80,40 @@ class Rollouts:
 
 @dataclass
 class TeacherScores:
-    """The teacher's view of every response position, conditioned on the student's prefix."""
+    """The teacher's view of every response position, conditioned on the student's prefix.
+
+    A served teacher returns only its own top-K: the log-prob of an asked-about id
+    outside it is an estimate (an upper bound), and ``query_exact`` marks which
+    values are exact. ``None`` means all are.
+    """
 
     topk_ids: torch.Tensor  # [B, T, k] long, sorted by log-prob, descending
     topk_logprobs: torch.Tensor  # [B, T, k] float32
     query_logprobs: torch.Tensor  # [B, T, Q] float32, log-probs of the ids that were asked about
+    query_exact: torch.Tensor | None = None  # [B, T, Q] bool
 
     def to(self, device: torch.device | str) -> TeacherScores:
-        return TeacherScores(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return TeacherScores(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
+
+    @staticmethod
+    def gather(parts: list[tuple[list[int], TeacherScores]], batch: int, width: int) -> TeacherScores:
+        """Scores of a batch assembled from scores of some of its rows (each part trimmed to its own width)."""
+        first = parts[0][1]
+
+        def place(name: str) -> torch.Tensor | None:
+            if getattr(first, name) is None:
+                return None
+            sample = getattr(first, name)
+            out = torch.zeros((batch, width, sample.shape[-1]), dtype=sample.dtype)
+            if name == "query_exact":
+                out.fill_(True)
+            for rows, part in parts:
+                values = getattr(part, name)
+                out[rows, : values.shape[1]] = values.cpu()
+            return out
+
+        return TeacherScores(**{f.name: place(f.name) for f in fields(TeacherScores)})
 
 
 @dataclass(frozen=True)
@@ -99,12 +127,20 @@ class Sampling:
 
 
 class Teacher(Protocol):
-    """Scores responses: top-k and the log-probs of requested ids at every response position."""
+    """Scores responses: top-k and the log-probs of requested ids at every response position.
+
+    A teacher whose ``overlaps_generation`` is true also offers
+    ``submit(rollouts, query_ids, top_k)``, returning an object whose ``result()``
+    gives the TeacherScores: the trainer then sends rows for scoring as soon as
+    they finish generating.
+    """
 
     Config: ClassVar[type[BackendConfig]]
 
-    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Raise BackendError when the teacher does not share the student's tokenizer."""
+    def check(self, tokenizer: PreTrainedTokenizerBase, top_k: int, candidates: int) -> dict[str, str]:
+        """Verify the teacher can serve a run (tokenizer, top-k sizes); raise BackendError if not.
+
+        Returns facts to show the user (``opdctl backends check``)."""
 
     def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
         """Score ``rollouts``; ``query_ids`` is ``[B, T, Q]``, ids whose log-probs are wanted."""
@@ -121,8 +157,16 @@ class Student(Protocol):
     model: torch.nn.Module
     device: torch.device
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
-        """Sample one response per prompt (stops at EOS or ``max_new_tokens``)."""
+    @staticmethod
+    def load_tokenizer(config: BackendConfig) -> PreTrainedTokenizerBase:
+        """The student's tokenizer alone, without loading the model."""
+
+    def generate(
+        self, prompts: list[list[int]], sampling: Sampling, on_finished: FinishedCallback | None = None
+    ) -> Rollouts:
+        """Sample one response per prompt (stops at EOS or ``max_new_tokens``).
+
+        ``on_finished(rows, rollouts)`` is called as rows finish, with those rows' rollouts."""
 
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         """``[B, T, Q]`` log-probs (temperature 1, with gradient) of ``query_ids`` at each position."""

@@ -154,6 +154,36 @@ def backends(ctx: typer.Context) -> None:
     stdout.print(table)
 
 
+@backends_app.command("check")
+def backends_check(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Probe the configured teacher against the student's tokenizer, as training would before it starts.
+
+    Example: opdctl backends check teacher.backend=vllm teacher.base_url=http://127.0.0.1:8000/v1
+    """
+    from rich.table import Table
+
+    from opdctl.config import load_config
+    from opdctl.console import stdout
+    from opdctl.trainer import check_teacher
+
+    def action() -> None:
+        _quiet_libraries()
+        cfg = load_config(config, overrides or [])
+        facts = check_teacher(cfg)
+        table = Table(title=f"teacher backend {cfg.teacher.backend!r}: ready", header_style="bold")
+        table.add_column("check")
+        table.add_column("result")
+        for name, value in facts.items():
+            table.add_row(name, value)
+        stdout.print(table)
+
+    _run(debug, action)
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())

@@ -70,6 +70,11 @@ class LossConfig(Section):
     weighting: Literal["student_p", "teacher_p", "none"] = Field(
         "student_p", description="Candidate weights w_t(v): softmax of student or teacher log-probs on S_t, or uniform."
     )
+    absent_candidates: Literal["bound", "drop"] = Field(
+        "bound",
+        description="Served teachers only: a candidate outside the teacher's returned top-K gets the smallest "
+        "returned log-prob (bound) or leaves S_t (drop).",
+    )
 
 
 class PruneConfig(Section):

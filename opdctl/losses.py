@@ -15,16 +15,29 @@ ESTIMATORS = ("topk", "sampled")
 WEIGHTINGS = ("student_p", "teacher_p", "none")
 
 
-def candidate_weights(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, weighting: str) -> torch.Tensor:
-    """w_t(v): a softmax over the candidates of the student's or teacher's log-probs, or uniform."""
+def candidate_weights(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    weighting: str,
+    candidates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """w_t(v): a softmax over the candidates of the student's or teacher's log-probs, or uniform.
+
+    With a boolean ``candidates`` mask the softmax runs over the marked candidates
+    only; a position with none gets zero weights.
+    """
     if weighting == "student_p":
-        return torch.softmax(student_logprobs.detach(), dim=-1)
-    if weighting == "teacher_p":
-        return torch.softmax(teacher_logprobs, dim=-1)
-    if weighting == "none":
-        k = student_logprobs.shape[-1]
-        return torch.full_like(student_logprobs, 1.0 / k).detach()
-    raise ValueError(f"unknown candidate weighting {weighting!r}; expected one of {WEIGHTINGS}")
+        scores = student_logprobs.detach()
+    elif weighting == "teacher_p":
+        scores = teacher_logprobs
+    elif weighting == "none":
+        scores = torch.zeros_like(student_logprobs).detach()
+    else:
+        raise ValueError(f"unknown candidate weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if candidates is None:
+        return torch.softmax(scores, dim=-1)
+    weights = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1)
+    return torch.nan_to_num(weights, nan=0.0)
 
 
 def topk_reverse_kl(
@@ -33,13 +46,16 @@ def topk_reverse_kl(
     loss_weight: torch.Tensor,
     num_tokens: int,
     weighting: str = "student_p",
+    candidates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Top-k estimator: L = -sum_t m_t sum_{v in S_t} r_t(v) log p_t(v), r_t(v) = -(log p - log q) w_t(v).
 
     ``student_logprobs`` and ``teacher_logprobs`` are ``[B, T, k]`` log-probs of
     the student's top-k candidates under each model; ``loss_weight`` is m_t ``[B, T]``.
+    ``candidates`` (boolean ``[B, T, k]``) restricts S_t, e.g. to the ids whose
+    teacher log-prob is known exactly.
     """
-    weights = candidate_weights(student_logprobs, teacher_logprobs, weighting)
+    weights = candidate_weights(student_logprobs, teacher_logprobs, weighting, candidates)
     reward = -(student_logprobs.detach() - teacher_logprobs) * weights
     per_token = -(reward * student_logprobs).sum(-1)
     return (per_token * loss_weight).sum() / num_tokens

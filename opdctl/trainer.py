@@ -27,7 +27,7 @@ from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores,
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
 from opdctl.config import Config, resolve_run_dir, validate
 from opdctl.data import PromptSampler, PromptSet, load_prompts
-from opdctl.errors import ConfigError, RunError
+from opdctl.errors import BackendError, ConfigError, RunError
 from opdctl.evaluation.benchmarks import SYNTHETIC, synthetic
 from opdctl.evaluation.runner import evaluate
 from opdctl.progress import reporter
@@ -70,15 +70,23 @@ def measure_drift(config: Config, rollouts: Rollouts, scores: TeacherScores) -> 
 
 
 def opd_loss(
-    config: Config, student_lp: torch.Tensor, teacher_lp: torch.Tensor, loss_weight: torch.Tensor, num_tokens: int
+    config: Config,
+    student_lp: torch.Tensor,
+    teacher_lp: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+    teacher_exact: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The configured estimator on ``[B, T, k+1]`` log-probs (the student's top-k, then the sampled id)."""
     k = config.loss.k
-    if config.loss.estimator == "topk":
-        return losses.topk_reverse_kl(
-            student_lp[..., :k], teacher_lp[..., :k], loss_weight, num_tokens, config.loss.weighting
-        )
-    return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens)
+    if config.loss.estimator == "sampled":
+        return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens)
+    candidates = None
+    if teacher_exact is not None and config.loss.absent_candidates == "drop":
+        candidates = teacher_exact[..., :k]
+    return losses.topk_reverse_kl(
+        student_lp[..., :k], teacher_lp[..., :k], loss_weight, num_tokens, config.loss.weighting, candidates
+    )
 
 
 def load_backends(config: Config, student_model: str | None = None) -> tuple[Student, Teacher]:
@@ -88,8 +96,18 @@ def load_backends(config: Config, student_model: str | None = None) -> tuple[Stu
         student_config = student_config.model_copy(update={"model": student_model})
     student = backend_class("student", config.student.backend)(student_config)
     teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
-    teacher.check_tokenizer(student.tokenizer)
+    teacher.check(student.tokenizer, config.prune_k, config.loss.k)
     return student, teacher
+
+
+def check_teacher(config: Config) -> dict[str, str]:
+    """Probe the teacher with the student's tokenizer only (no student weights are loaded)."""
+    tokenizer = backend_class("student", config.student.backend).load_tokenizer(config.student)
+    teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
+    try:
+        return teacher.check(tokenizer, config.prune_k, config.loss.k)
+    finally:
+        teacher.close()
 
 
 class Trainer:
@@ -156,7 +174,10 @@ class Trainer:
             advance(self.step)
             while self.step < cfg.optim.steps:
                 started = time.perf_counter()
-                record = self.train_step()
+                try:
+                    record = self.train_step()
+                except BackendError as exc:
+                    raise self._interrupted(exc) from exc
                 self.elapsed += time.perf_counter() - started
                 record["elapsed_seconds"] = round(self.elapsed, 3)
                 self.run.append_metrics(record)
@@ -177,11 +198,9 @@ class Trainer:
         sampling = Sampling(max_len, cfg.rollout.temperature, record_topk=cfg.loss.k, seed=_step_seed(cfg.seed, step))
 
         t0 = _now(self.student.device)
-        rollouts = self.student.generate(prompts, sampling)
-        t1 = _now(self.student.device)
-        query_ids = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], dim=-1)
-        scores = self.teacher.score(rollouts, query_ids, cfg.prune_k)
+        rollouts, scores, t1 = self.generate_and_score(prompts, sampling)
         t2 = _now(self.student.device)
+        query_ids = _query_ids(rollouts)
         measured = measure_drift(cfg, rollouts, scores)
         update = self.update(rollouts, query_ids, scores, measured.weights.loss_weight)
         t3 = _now(self.student.device)
@@ -221,6 +240,36 @@ class Trainer:
         self.step += 1
         return record
 
+    def _interrupted(self, exc: BackendError) -> RunError:
+        """A backend failed mid-step, before the update: checkpoint the state so far, explain how to go on."""
+        latest = self.run.latest_checkpoint()
+        if self.step > 0 and (latest is None or latest[0] < self.step):
+            self.save()
+        return RunError(
+            f"step {self.step + 1} failed: {exc}; the run is saved: continue with opdctl train --resume {self.run.path}"
+        )
+
+    def generate_and_score(self, prompts: list[list[int]], sampling: Sampling) -> tuple[Rollouts, TeacherScores, float]:
+        """Rollouts and their teacher scores, and when generation ended.
+
+        A teacher that can ``submit`` gets each rollout as soon as it finishes, so
+        scoring overlaps the rest of the generation; no partial batch is ever used.
+        """
+        k = self.config.prune_k
+        if not getattr(self.teacher, "overlaps_generation", False):
+            rollouts = self.student.generate(prompts, sampling)
+            generated = _now(self.student.device)
+            return rollouts, self.teacher.score(rollouts, _query_ids(rollouts), k), generated
+        pending = []
+
+        def submit(rows: list[int], part: Rollouts) -> None:
+            pending.append((rows, self.teacher.submit(part, _query_ids(part), k)))
+
+        rollouts = self.student.generate(prompts, sampling, on_finished=submit)
+        generated = _now(self.student.device)
+        parts = [(rows, scores.result()) for rows, scores in pending]
+        return rollouts, TeacherScores.gather(parts, len(rollouts), rollouts.response_ids.shape[1]), generated
+
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
     ) -> dict[str, Any]:
@@ -228,6 +277,7 @@ class Trainer:
         cfg, device = self.config, self.student.device
         num_tokens = max(1, int(rollouts.mask.sum()))
         teacher_lp = scores.query_logprobs.to(device)
+        exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         loss_weight = loss_weight.to(device)
         total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
         size = math.ceil(len(rollouts) / cfg.optim.grad_accum)
@@ -236,7 +286,14 @@ class Trainer:
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
             student_lp = self.student.logprobs(part, query_ids[rows, :width])
-            loss = opd_loss(cfg, student_lp, teacher_lp[rows, :width], loss_weight[rows, :width], num_tokens)
+            loss = opd_loss(
+                cfg,
+                student_lp,
+                teacher_lp[rows, :width],
+                loss_weight[rows, :width],
+                num_tokens,
+                exact[rows, :width] if exact is not None else None,
+            )
             loss.backward()
             total_loss += loss.item()
             sampled_lp[rows, :width] = student_lp[..., -1].detach().float().cpu()
@@ -370,6 +427,11 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     for override in overrides:
         apply_override(raw, override)
     return validate(raw)
+
+
+def _query_ids(rollouts: Rollouts) -> torch.Tensor:
+    """What the teacher is asked about at each position: the student's top-k, then the sampled id."""
+    return torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], dim=-1)
 
 
 def _step_seed(seed: int, step: int) -> int:

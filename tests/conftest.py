@@ -86,3 +86,32 @@ def write_config(path: Path, config: dict) -> Path:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_tiny_model(path: Path, steps: int = 60) -> Path:
+    """A small Llama (hidden 128, head dim 32, which vLLM's CPU backend supports) trained briefly on the
+    demo task, so its distributions are peaked but numerically well-behaved."""
+    from opdctl.demo.models import Recipe, clean_example, new_model, train
+
+    tokenizer = build_tokenizer()
+    recipe = Recipe(hidden=128, layers=2, heads=4, max_positions=1024, batch=16, warmup=10)
+    torch.manual_seed(0)
+    model = new_model(tokenizer, recipe)
+    train(model, tokenizer, recipe, lambda rng: clean_example(rng, tokenizer), steps, "served model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_model(tmp_path_factory.mktemp("served") / "model")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(served_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    from .vllm_server import VLLMServer
+
+    server = VLLMServer(served_model, tmp_path_factory.mktemp("vllm") / "server.log").start()
+    yield server
+    server.stop()

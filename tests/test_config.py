@@ -45,7 +45,7 @@ def test_examples_demo_is_the_embedded_default():
     assert (EXAMPLES / "demo.yaml").read_text() == demo_config_text()
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "r1-distill-1.5b.yaml", "qwen3-4b.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "r1-distill-1.5b.yaml", "r1-distill-1.5b-vllm.yaml", "qwen3-4b.yaml"])
 def test_example_configs_validate(name):
     load_config(EXAMPLES / name)
 

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from opdctl_hf import HFStudent, HFTeacher
 from transformers import AutoModelForCausalLM
 
 from opdctl.backends import Sampling, backend_class, installed
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.errors import BackendError
+from opdctl_hf import HFStudent, HFTeacher
 
 from .conftest import save_tiny_model
 
@@ -125,7 +125,7 @@ def test_tokenizer_mismatch_is_explained(tmp_path, backends):
     path = save_tiny_model(tmp_path / "other", seed=3, tokenizer=other)
     teacher = HFTeacher(HFTeacher.Config(model=str(path)))
     with pytest.raises(BackendError, match=r"teacher and student tokenizers differ .*<extra>"):
-        teacher.check_tokenizer(student.tokenizer)
+        teacher.check(student.tokenizer, 1, 1)
 
 
 def test_missing_model_directory(tmp_path):

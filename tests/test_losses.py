@@ -116,3 +116,18 @@ def test_reverse_kl_estimate_is_a_masked_mean():
 def test_unknown_weighting_is_rejected():
     with pytest.raises(ValueError, match="weighting"):
         losses.candidate_weights(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), "bogus")
+
+
+def test_restricted_candidates_drop_out_and_weights_renormalise():
+    torch.manual_seed(3)
+    student = torch.log_softmax(torch.randn(1, 2, 4), -1).requires_grad_()
+    teacher = torch.log_softmax(torch.randn(1, 2, 4), -1)
+    keep = torch.tensor([[[True, True, False, True], [False, False, False, False]]])
+    m = torch.ones(1, 2)
+    loss = losses.topk_reverse_kl(student, teacher, m, 2, "student_p", keep)
+    # position 0 over candidates {0, 1, 3} only; position 1 has none and contributes nothing
+    kept = [0, 1, 3]
+    direct = losses.topk_reverse_kl(student[:, :1, kept], teacher[:, :1, kept], m[:, :1], 2, "student_p")
+    assert loss.item() == pytest.approx(direct.item())
+    (grad,) = torch.autograd.grad(loss, student)
+    assert grad[0, 1].abs().sum() == 0 and grad[0, 0, 2] == 0

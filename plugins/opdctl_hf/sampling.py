@@ -11,14 +11,64 @@ finish (or are stopped) early.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from opdctl.backends import Rollouts, Sampling
+from opdctl.backends import FinishedCallback, Rollouts, Sampling
 
 from .sequences import left_pad, positions
+
+
+@dataclass
+class _Record:
+    """Everything the loop keeps per rollout: tokens, the student's top-k, lengths, finish reasons."""
+
+    prompts: list[list[int]]
+    tokens: torch.Tensor
+    sampled_lp: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_lp: torch.Tensor
+    lengths: torch.Tensor
+    reasons: list[str]
+
+    @classmethod
+    def allocate(cls, prompts: list[list[int]], limit: int, k: int, device: torch.device) -> _Record:
+        batch = len(prompts)
+        return cls(
+            prompts=[list(p) for p in prompts],
+            tokens=torch.zeros((batch, limit), dtype=torch.long, device=device),
+            sampled_lp=torch.zeros((batch, limit), device=device),
+            topk_ids=torch.zeros((batch, limit, k), dtype=torch.long, device=device),
+            topk_lp=torch.zeros((batch, limit, k), device=device),
+            lengths=torch.zeros(batch, dtype=torch.long, device=device),
+            reasons=["length"] * batch,
+        )
+
+    def add(self, step: int, live: torch.Tensor, token: torch.Tensor, logprobs: torch.Tensor) -> None:
+        self.tokens[live, step] = token
+        self.sampled_lp[live, step] = logprobs.gather(-1, token[:, None]).squeeze(-1)
+        k = self.topk_ids.shape[-1]
+        if k:
+            values, ids = logprobs.topk(k, dim=-1)
+            self.topk_ids[live, step], self.topk_lp[live, step] = ids, values
+        self.lengths[live] += 1
+
+    def rollouts(self, rows: list[int]) -> Rollouts:
+        index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
+        width = int(self.lengths[index].max()) if rows else 0
+        return Rollouts(
+            prompt_ids=[self.prompts[r] for r in rows],
+            response_ids=self.tokens[index, :width].cpu(),
+            lengths=self.lengths[index].cpu(),
+            topk_ids=self.topk_ids[index, :width].cpu(),
+            topk_logprobs=self.topk_lp[index, :width].cpu(),
+            sampled_logprobs=self.sampled_lp[index, :width].cpu(),
+            finish_reasons=[self.reasons[r] for r in rows],
+        )
 
 
 @torch.no_grad()
@@ -28,77 +78,67 @@ def sample(
     sampling: Sampling,
     eos_ids: Collection[int],
     pad_id: int,
+    on_finished: FinishedCallback | None = None,
 ) -> Rollouts:
-    """One response per prompt, at most ``sampling.max_new_tokens`` long, ending at an EOS id."""
+    """One response per prompt, at most ``sampling.max_new_tokens`` long, ending at an EOS id.
+
+    ``on_finished(rows, rollouts)`` hears about rows as soon as they finish.
+    """
     device = next(model.parameters()).device
-    batch, limit, k = len(prompts), sampling.max_new_tokens, sampling.record_topk
+    batch, limit = len(prompts), sampling.max_new_tokens
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    record = _Record.allocate(prompts, limit, sampling.record_topk, device)
 
-    tokens = torch.zeros((batch, limit), dtype=torch.long, device=device)
-    sampled_lp = torch.zeros((batch, limit), dtype=torch.float32, device=device)
-    topk_ids = torch.zeros((batch, limit, k), dtype=torch.long, device=device)
-    topk_lp = torch.zeros((batch, limit, k), dtype=torch.float32, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    finished_by_eos = torch.zeros(batch, dtype=torch.bool, device=device)
+    def finish(rows: torch.Tensor, reason: str) -> None:
+        for row in rows.tolist():
+            record.reasons[row] = reason
+        if on_finished and rows.numel():
+            on_finished(rows.tolist(), record.rollouts(rows.tolist()))
 
     input_ids, attention_mask = left_pad(prompts, pad_id, device)
     position_ids = positions(attention_mask)
-    cache = DynamicCache(config=model.config)
+    cache = {_cache_keyword(model): DynamicCache(config=model.config)}
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **cache,
     )
     live = torch.arange(batch, device=device)
     next_position = position_ids[:, -1] + 1
     for step in range(limit):
         logits = out.logits[:, -1].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
         token = _choose(logits, sampling.temperature, generator, batch, live)
-        tokens[live, step] = token
-        sampled_lp[live, step] = logprobs.gather(-1, token[:, None]).squeeze(-1)
-        if k:
-            values, ids = logprobs.topk(k, dim=-1)
-            topk_ids[live, step], topk_lp[live, step] = ids, values
-        lengths[live] += 1
+        record.add(step, live, token, torch.log_softmax(logits, dim=-1))
         done = torch.isin(token, eos)
-        finished_by_eos[live[done]] = True
+        finish(live[done], "eos")
         keep = ~done
         if step == limit - 1 or not keep.any():
             break
         if not keep.all():
             kept = keep.nonzero().squeeze(-1)
-            cache.batch_select_indices(kept)
-            live, token, attention_mask, next_position = (
-                live[kept],
-                token[kept],
-                attention_mask[kept],
-                next_position[kept],
-            )
+            next(iter(cache.values())).batch_select_indices(kept)
+            live, token, attention_mask = live[kept], token[kept], attention_mask[kept]
+            next_position = next_position[kept]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
         out = model(
             input_ids=token[:, None],
             attention_mask=attention_mask,
             position_ids=next_position[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **cache,
         )
         next_position = next_position + 1
+    finish(live[~done], "length")
+    return record.rollouts(list(range(batch)))
 
-    width = int(lengths.max()) if batch else 0
-    return Rollouts(
-        prompt_ids=[list(p) for p in prompts],
-        response_ids=tokens[:, :width].cpu(),
-        lengths=lengths.cpu(),
-        topk_ids=topk_ids[:, :width].cpu(),
-        topk_logprobs=topk_lp[:, :width].cpu(),
-        sampled_logprobs=sampled_lp[:, :width].cpu(),
-        finish_reasons=["eos" if e else "length" for e in finished_by_eos.tolist()],
-    )
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _choose(

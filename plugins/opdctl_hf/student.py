@@ -6,8 +6,9 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Rollouts, Sampling
+from opdctl.backends import FinishedCallback, Rollouts, Sampling
 
 from .loading import HFConfig, eos_ids, load_model, load_tokenizer
 from .sampling import sample
@@ -37,6 +38,10 @@ class HFStudent:
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
 
+    @staticmethod
+    def load_tokenizer(config: HFStudentConfig) -> PreTrainedTokenizerBase:
+        return load_tokenizer("student", config)
+
     def _autocast(self) -> torch.autocast:
         name = self.config.autocast
         if name == "auto":
@@ -44,10 +49,12 @@ class HFStudent:
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+    def generate(
+        self, prompts: list[list[int]], sampling: Sampling, on_finished: FinishedCallback | None = None
+    ) -> Rollouts:
         self.model.eval()
         with self._autocast():
-            return sample(self.model, prompts, sampling, self.eos_ids, self.tokenizer.pad_token_id)
+            return sample(self.model, prompts, sampling, self.eos_ids, self.tokenizer.pad_token_id, on_finished)
 
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         # Eval mode keeps dropout off, so these are the sampling policy's log-probs;

@@ -7,6 +7,7 @@ from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import Rollouts, Sampling, TeacherScores
+from opdctl.errors import BackendError
 
 from .loading import HFConfig, check_same_tokenizer, eos_ids, load_model, load_tokenizer
 from .sampling import sample
@@ -32,8 +33,19 @@ class HFTeacher:
         self.model.requires_grad_(False)
         self.device = next(self.model.parameters()).device
 
-    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def check(self, tokenizer: PreTrainedTokenizerBase, top_k: int, candidates: int) -> dict[str, str]:
         check_same_tokenizer(tokenizer, self.tokenizer)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if top_k > vocab:
+            raise BackendError(
+                f"the drift metric's k={top_k} exceeds the teacher's vocabulary ({vocab}): lower prune.k"
+            )
+        return {
+            "model": self.config.model,
+            "device": str(self.device),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "tokenizer": "same vocabulary as the student's",
+        }
 
     @torch.no_grad()
     def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:

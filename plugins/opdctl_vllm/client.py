@@ -1,0 +1,129 @@
+"""A vLLM OpenAI-compatible server seen through the `openai` client: prompt log-probs, probes, retries."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import openai
+
+from opdctl.errors import BackendError
+from opdctl.progress import reporter
+
+T = TypeVar("T")
+RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, openai.RateLimitError)
+MAX_BACKOFF = 30.0
+PositionLogprobs = dict[str, dict[str, Any]] | None  # {"<token id>": {"logprob", "rank", ...}} per position
+
+
+class TeacherUnavailable(BackendError):
+    """The server did not answer within the retry budget."""
+
+
+class ServerClient:
+    """Requests to one vLLM server, with bounded concurrency and retries on transient failures."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str,
+        timeout: float,
+        max_concurrency: int,
+        retries: int,
+        backoff: float,
+    ) -> None:
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.retries, self.backoff = retries, backoff
+        api_key = os.environ.get(api_key_env) or "EMPTY"
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self.root = self.client.with_options(base_url=re.sub(r"/v1$", "", self.base_url))
+        self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="opdctl-teacher")
+
+    # scoring -----------------------------------------------------------------
+
+    def prompt_logprobs(self, sequences: list[list[int]], k: int) -> list[list[PositionLogprobs]]:
+        """For each token-id sequence, one entry per position (the first is None) with its top-k."""
+
+        def request() -> list[list[PositionLogprobs]]:
+            response = self.client.completions.create(
+                model=self.model, prompt=sequences, max_tokens=1, temperature=0.0, extra_body={"prompt_logprobs": k}
+            )
+            return [choice.prompt_logprobs for choice in response.choices]
+
+        return self.with_retries(request, f"to score {len(sequences)} rollout(s)")
+
+    def submit(self, sequences: list[list[int]], k: int) -> Future[list[list[PositionLogprobs]]]:
+        """Queue a request; it runs in the caller's context, so retries report where the caller reports."""
+        return self.pool.submit(contextvars.copy_context().run, self.prompt_logprobs, sequences, k)
+
+    def with_retries(self, call: Callable[[], T], what: str) -> T:
+        """Run ``call``; retry connection errors, timeouts, 429 and 5xx with exponential backoff."""
+        started = time.perf_counter()
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except RETRYABLE as exc:
+                if attempt == self.retries:
+                    waited = time.perf_counter() - started
+                    raise TeacherUnavailable(
+                        f"teacher server {self.base_url} failed {what} {self.retries + 1} times over {waited:.0f} s "
+                        f"({_reason(exc)}): check that it is running and reachable"
+                    ) from exc
+                delay = min(self.backoff * 2**attempt, MAX_BACKOFF)
+                reporter().message(
+                    f"warning: teacher server {self.base_url}: {_reason(exc)}; retry {attempt + 1}/{self.retries} "
+                    f"in {delay:.0f} s"
+                )
+                time.sleep(delay)
+            except openai.APIStatusError as exc:
+                raise BackendError(f"teacher server {self.base_url} refused {what}: {_reason(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    # probes --------------------------------------------------------------------
+
+    def served_models(self) -> list[str]:
+        try:
+            return [m.id for m in self.client.models.list().data]
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise BackendError(
+                f"cannot reach the teacher server at {self.base_url} ({_reason(exc)}): "
+                "start it, or fix teacher.base_url"
+            ) from exc
+
+    def max_logprobs(self) -> int | None:
+        """The server's --max-logprobs, read from its refusal of an absurd request (None if it has no limit)."""
+        try:
+            self.client.completions.create(
+                model=self.model, prompt=[[0]], max_tokens=1, extra_body={"prompt_logprobs": 10**9}
+            )
+        except openai.BadRequestError as exc:
+            match = re.search(r"max allowed: (\d+)", str(exc))
+            if match:
+                return int(match.group(1))
+            raise BackendError(
+                f"teacher server {self.base_url} refused a prompt_logprobs request: {_reason(exc)}"
+            ) from exc
+        return None
+
+    def tokenize(self, text: str | None = None, messages: list[dict[str, str]] | None = None) -> list[int]:
+        body: dict[str, Any] = {"model": self.model}
+        if messages is not None:
+            body.update(messages=messages, add_generation_prompt=True)
+        else:
+            body.update(prompt=text, add_special_tokens=False)
+        return self.root.post("/tokenize", body=body, cast_to=object)["tokens"]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]

