@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)  # progress, messages, errors
-stdout = Console()  # results
+PIPED_WIDTH = 160  # wide enough for our tables when output goes to a file or a CI log
+
+
+def _console(stream: TextIO, stderr: bool) -> Console:
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
+
+
+console = _console(sys.stderr, stderr=True)  # progress, messages, errors
+stdout = _console(sys.stdout, stderr=False)  # results
 
 
 class RichReporter:

@@ -1,0 +1,157 @@
+"""The drift figure: per-step curves, the position profile, and a rollout-by-position weight map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from opdctl.errors import ConfigError
+from opdctl.inspect.profile import PositionProfile
+from opdctl.inspect.reader import RunTraces
+from opdctl.inspect.summary import RunSummary
+
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def most_drifted_step(summary: RunSummary) -> int:
+    """The traced step with the lowest mean weight: where drift is easiest to see."""
+    return min(summary.rows, key=lambda r: (r.weight, r.first_step)).first_step
+
+
+def weight_map(traces: RunTraces, step: int) -> tuple[np.ndarray, list[int], list[str]]:
+    """Rollouts x positions of weights (NaN past each rollout's end), their first bad events and finish reasons."""
+    table = traces.tokens(step, ["rollout", "position", "weight"]).to_pydict()
+    rollouts = traces.rollouts(["step", "rollout", "length", "first_bad", "finish_reason"]).to_pydict()
+    rows = [i for i, s in enumerate(rollouts["step"]) if s == step]
+    order = {rollouts["rollout"][i]: n for n, i in enumerate(rows)}
+    grid = np.full((len(rows), max(rollouts["length"][i] for i in rows)), np.nan)
+    for r, p, w in zip(table["rollout"], table["position"], table["weight"], strict=True):
+        grid[order[r], p] = w
+    return grid, [rollouts["first_bad"][i] for i in rows], [rollouts["finish_reason"][i] for i in rows]
+
+
+def draw(
+    path: Path,
+    traces: RunTraces,
+    summary: RunSummary,
+    profile: PositionProfile,
+    step: int,
+    other: tuple[RunTraces, RunSummary] | None = None,
+) -> Path:
+    """Write the figure to ``path`` (PNG, SVG or PDF by extension)."""
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--plot {path}: use a file name ending in {', '.join(FORMATS)}")
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9.5), constrained_layout=True)
+    _steps_panel(axes[0][0], summary, other[1] if other else None)
+    _length_panel(axes[0][1], summary, other[1] if other else None)
+    _profile_panel(axes[1][0], profile)
+    _heatmap_panel(fig, axes[1][1], traces, step)
+    fig.suptitle(f"opdctl inspect-drift: {traces.path.name}" + (f" vs {other[0].path.name}" if other else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _smooth(values: list[float]) -> np.ndarray:
+    """A centred moving average over about 2% of the steps (none for short runs)."""
+    window = max(1, len(values) // 50)
+    if window == 1:
+        return np.asarray(values)
+    padded = np.pad(np.asarray(values, dtype=float), (window // 2, window - 1 - window // 2), mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
+
+
+STEP_CURVES = (
+    ("overlap", "tab:blue", "mean overlap"),
+    ("bad_event_rate", "tab:red", "bad-event rate"),
+    ("weight", "tab:green", "mean weight w_t"),
+    ("full_weight_share", "tab:olive", "tokens at full weight"),
+)
+
+
+def _runs(summary: RunSummary, other: RunSummary | None) -> list[tuple[RunSummary, str]]:
+    return [(summary, "-"), *([(other, "--")] if other else [])]
+
+
+def _style_legend(ax, summary: RunSummary, other: RunSummary | None) -> None:
+    """Metric colours in one legend; with a comparison, which line style is which run."""
+    handles, labels = ax.get_legend_handles_labels()
+    if other is not None:
+        for run, style in _runs(summary, other):
+            handles.append(ax.plot([], [], style, color="black")[0])
+            labels.append(Path(run.run).name)
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
+
+
+def _steps_panel(ax, summary: RunSummary, other: RunSummary | None) -> None:
+    for n, (run, style) in enumerate(_runs(summary, other)):
+        steps = [r.last_step for r in run.rows]
+        for key, colour, name in STEP_CURVES:
+            values = _smooth([getattr(r, key) for r in run.rows])
+            ax.plot(steps, values, style, color=colour, label=name if n == 0 else None)
+        _accuracy(ax, run, marker="o" if n == 0 else "s", first=n == 0)
+    window = max(1, len(summary.rows) // 50)
+    smoothing = f" (moving average over {window} steps)" if window > 1 else ""
+    ax.set(xlabel="step", ylabel="rate / weight", ylim=(-0.02, 1.02), title="Drift per step" + smoothing)
+    _style_legend(ax, summary, other)
+
+
+def _accuracy(ax, summary: RunSummary, marker: str, first: bool) -> None:
+    points = [(r.last_step, acc) for r in summary.rows for acc in r.accuracy.values()]
+    for bench, values in summary.totals["accuracy"].items():
+        if "before" in values:
+            points.insert(0, (0, values["before"]))
+        if "teacher" in values and first:
+            ax.axhline(values["teacher"], color="gray", lw=0.8, ls=":", label=f"teacher accuracy ({bench})")
+    if points:
+        xs, ys = zip(*sorted(points), strict=True)
+        label = "student held-out accuracy" if first else None
+        ax.plot(xs, ys, marker + ":", color="black", ms=5, lw=0.8, label=label)
+
+
+def _length_panel(ax, summary: RunSummary, other: RunSummary | None) -> None:
+    for n, (run, style) in enumerate(_runs(summary, other)):
+        steps = [r.last_step for r in run.rows]
+        ax.step(steps, [r.max_len[1] for r in run.rows], style, where="post", color="tab:purple",
+                label="max response length (budget)" if n == 0 else None)  # fmt: skip
+        ax.plot(steps, _smooth([r.tokens / max(1, r.rollouts) for r in run.rows]), style, color="tab:gray",
+                label="mean response length" if n == 0 else None)  # fmt: skip
+        ax.plot(steps, _smooth([r.effective_length for r in run.rows]), style, color="tab:orange",
+                label="mean effective length L_eff" if n == 0 else None)  # fmt: skip
+    ax.set(xlabel="step", ylabel="tokens", title="Lengths and the response budget")
+    _style_legend(ax, summary, other)
+
+
+def _profile_panel(ax, profile: PositionProfile) -> None:
+    x = np.array(profile.start) + profile.bin_size / 2
+    ax.plot(x, profile.overlap, color="tab:blue", label="mean overlap")
+    ax.plot(x, profile.weight, color="tab:green", label="mean weight")
+    ax.plot(x, profile.full_weight, color="tab:olive", label="rollouts still at full weight")
+    ax.set(xlabel=f"token position (bins of {profile.bin_size})", ylabel="rate / weight", ylim=(-0.02, 1.02))
+    ax.set_title("By position (all traced steps)")
+    twin = ax.twinx()
+    twin.bar(x, profile.first_bad, width=profile.bin_size * 0.8, alpha=0.25, color="tab:red", label="first bad event")
+    twin.set_ylabel("rollouts with their first bad event here")
+    lines, labels = ax.get_legend_handles_labels()
+    bars, bar_labels = twin.get_legend_handles_labels()
+    ax.legend(lines + bars, labels + bar_labels, fontsize=7, loc="center right")
+
+
+def _heatmap_panel(fig, ax, traces: RunTraces, step: int) -> None:
+    grid, first_bad, reasons = weight_map(traces, step)
+    image = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1, interpolation="nearest")
+    marks = [(p, r) for r, p in enumerate(first_bad) if p >= 0]
+    if marks:
+        ax.scatter(*zip(*marks, strict=True), marker="|", color="black", s=30, label="first bad event")
+    ends = [(np.count_nonzero(~np.isnan(grid[r])) - 1, r) for r, reason in enumerate(reasons) if reason != "eos"]
+    if ends:
+        ax.scatter(*zip(*ends, strict=True), marker=">", color="blue", s=14, label="cut (budget or drift)")
+    ax.set(xlabel="token position", ylabel="rollout", title=f"Weight w_t of each rollout, step {step}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.colorbar(image, ax=ax, label="w_t")

@@ -1,0 +1,100 @@
+"""Lazy access to what a run recorded: metrics, and parquet traces one step at a time.
+
+Trace files appear atomically (rollouts first, then tokens), so a run that is
+still going can be read: a step counts once its token file exists.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from opdctl.errors import RunError
+from opdctl.rundir import RunDir, trace_step
+
+
+class RunTraces:
+    """One run's metrics and traces."""
+
+    def __init__(self, path: Path, steps: tuple[int, int] | None = None) -> None:
+        self.run = RunDir.open(Path(path))
+        self.path = self.run.path
+        files = {trace_step(p): p for p in self.run.trace_files("tokens")}
+        rollouts = {trace_step(p): p for p in self.run.trace_files("rollouts")}
+        self.files = {s: p for s, p in sorted(files.items()) if s in rollouts and _in(s, steps)}
+        self.rollout_files = {s: rollouts[s] for s in self.files}
+        if not self.files:
+            where = f" in steps {steps[0]}-{steps[1]}" if steps else ""
+            raise RunError(f"{self.path} has no traces{where} (runs record them when output.trace_every > 0)")
+
+    @property
+    def steps(self) -> list[int]:
+        return list(self.files)
+
+    def tokens(self, step: int, columns: list[str] | None = None) -> pa.Table:
+        """The traced tokens of one step (only the columns asked for)."""
+        return pq.read_table(self.files[step], columns=columns)
+
+    def rollouts(self, columns: list[str] | None = None) -> pa.Table:
+        """One row per traced rollout of every traced step (no per-token data)."""
+        return ds.dataset(list(map(str, self.rollout_files.values())), format="parquet").to_table(columns=columns)
+
+    @cached_property
+    def metrics(self) -> list[dict[str, Any]]:
+        return [r for r in self.run.read_metrics() if "eval" not in r]
+
+    @cached_property
+    def evals(self) -> list[dict[str, Any]]:
+        return [r for r in self.run.read_metrics() if "eval" in r]
+
+    def rollout(self, step: int, rollout: int) -> tuple[dict[str, Any], pa.Table]:
+        """One rollout's row and its tokens in position order."""
+        if step not in self.files:
+            raise RunError(f"step {step} was not traced in {self.path} (traced steps: {_ranges(self.steps)})")
+        table = pq.read_table(self.rollout_files[step])
+        rows = table.filter(pc.field("rollout") == rollout).to_pylist()
+        if not rows:
+            traced = table["rollout"].to_pylist()
+            raise RunError(f"rollout {rollout} of step {step} was not traced (traced: {_ranges(traced)})")
+        tokens = self.tokens(step).filter(pc.field("rollout") == rollout).sort_by("position")
+        return rows[0], tokens
+
+    def tokenizer(self):
+        """The student's tokenizer, from the newest checkpoint or the configured model."""
+        from transformers import AutoTokenizer
+
+        from opdctl.demo import resolve_model
+
+        latest = self.run.latest_checkpoint()
+        if latest is not None:
+            return AutoTokenizer.from_pretrained(latest[1])
+        import yaml
+
+        config = yaml.safe_load(self.run.config_path.read_text())
+        return AutoTokenizer.from_pretrained(resolve_model(config["student"]["model"]))
+
+
+def _in(step: int, window: tuple[int, int] | None) -> bool:
+    return window is None or window[0] <= step <= window[1]
+
+
+def _ranges(values: list[int]) -> str:
+    """'1-4, 7, 9-10' for a sorted list of integers."""
+    values = sorted(set(values))
+    if not values:
+        return "none"
+    parts, start, prev = [], values[0], values[0]
+    for v in [*values[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(parts)
