@@ -79,6 +79,30 @@ class Rollouts:
 
 
 @dataclass
+class GeneratedChunk:
+    """The tokens some rows generated in decode steps [start, stop): position = decode step.
+
+    A row that ended inside the chunk has fewer: its total length is ``lengths``.
+    """
+
+    rows: list[int]
+    start: int
+    lengths: torch.Tensor  # [b] each row's length so far
+    tokens: torch.Tensor  # [b, stop - start]
+    topk_ids: torch.Tensor  # [b, stop - start, k]
+    topk_logprobs: torch.Tensor  # [b, stop - start, k]
+
+
+class GenerationMonitor(Protocol):
+    """Watches generation chunk by chunk and may stop rows (truncation on drift)."""
+
+    chunk_tokens: int
+
+    def observe(self, chunk: GeneratedChunk) -> dict[int, int]:
+        """Rows to stop now, each with the last position it keeps."""
+
+
+@dataclass
 class TeacherScores:
     """The teacher's view of every response position, conditioned on the student's prefix.
 
@@ -145,8 +169,23 @@ class Teacher(Protocol):
     def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
         """Score ``rollouts``; ``query_ids`` is ``[B, T, Q]``, ids whose log-probs are wanted."""
 
+    def stream(self, prompts: list[list[int]]) -> TeacherStream:
+        """Start scoring rollouts of these prompts chunk by chunk as they are generated."""
+
     def close(self) -> None:
         """Release models, connections and processes."""
+
+
+class TeacherStream(Protocol):
+    """Scores a batch of rollouts incrementally; rows left out of a call are done."""
+
+    def extend(
+        self, rows: list[int], tokens: torch.Tensor, lengths: torch.Tensor, query_ids: torch.Tensor, top_k: int
+    ) -> TeacherScores:
+        """Scores of the next ``tokens`` ``[b, c]`` of ``rows`` (``lengths`` ``[b]`` of them are valid)."""
+
+    def close(self) -> None:
+        """Release the stream's cache or connections."""
 
 
 class Student(Protocol):
@@ -162,11 +201,16 @@ class Student(Protocol):
         """The student's tokenizer alone, without loading the model."""
 
     def generate(
-        self, prompts: list[list[int]], sampling: Sampling, on_finished: FinishedCallback | None = None
+        self,
+        prompts: list[list[int]],
+        sampling: Sampling,
+        on_finished: FinishedCallback | None = None,
+        monitor: GenerationMonitor | None = None,
     ) -> Rollouts:
         """Sample one response per prompt (stops at EOS or ``max_new_tokens``).
 
-        ``on_finished(rows, rollouts)`` is called as rows finish, with those rows' rollouts."""
+        ``on_finished(rows, rollouts)`` is called as rows finish, with those rows'
+        rollouts; a ``monitor`` sees each chunk of new tokens and may stop rows."""
 
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         """``[B, T, Q]`` log-probs (temperature 1, with gradient) of ``query_ids`` at each position."""

@@ -58,6 +58,10 @@ class RolloutConfig(Section):
     n: int = Field(4, ge=1, description="Rollouts per prompt.")
     temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="Sampling temperature (the loss uses T=1).")
     max_new_tokens: int = Field(12288, ge=1, description="Hard limit on response length.")
+    truncate_on_drift: bool = Field(
+        False, description="Score while generating and stop a rollout once its weight reaches prune.stop_weight."
+    )
+    chunk_tokens: int = Field(64, ge=1, description="With truncate_on_drift: tokens generated between two checks.")
 
 
 class LossConfig(Section):
@@ -91,6 +95,9 @@ class PruneConfig(Section):
         0.7, gt=0, le=1, allow_inf_nan=False, description="Bad event: overlap below it, or the top-p for teacher_top_p."
     )
     w_drop: float = Field(0.01, ge=0, allow_inf_nan=False, description="Weight lost per bad event.")
+    stop_weight: float = Field(
+        0.0, ge=0, lt=1, allow_inf_nan=False, description="With rollout.truncate_on_drift: stop when w_t <= this."
+    )
     w_base: float = Field(
         0.5, ge=0, allow_inf_nan=False, description="Added to every valid token's weight: m_t = w_t + w_base."
     )
@@ -184,6 +191,8 @@ class Config(Section):
             )
             _require(budget.max_len <= limit, "budget.max_len", budget.max_len, f"<= rollout.max_new_tokens ({limit})")
         _require(self.prune_k <= self.loss.k, "prune.k", self.prune.k, f"<= loss.k ({self.loss.k})")
+        if self.rollout.truncate_on_drift and not self.prune.enable:
+            raise ValueError("rollout.truncate_on_drift=true needs prune.enable=true (without weights nothing drifts)")
         batch = self.optim.prompts_per_step * self.rollout.n
         _require(
             self.optim.grad_accum <= batch, "optim.grad_accum", self.optim.grad_accum, f"<= rollouts per step ({batch})"

@@ -81,10 +81,18 @@ class Weights:
     effective_length: torch.Tensor  # L_eff: valid tokens with w_t > 1e-8, [B]
 
 
-def reliability_weights(bad: torch.Tensor, mask: torch.Tensor, w_drop: float, w_base: float) -> Weights:
-    """Monotone weights from cumulative (inclusive) bad-event counts."""
+def reliability_weights(
+    bad: torch.Tensor, mask: torch.Tensor, w_drop: float, w_base: float, earlier: torch.Tensor | None = None
+) -> Weights:
+    """Monotone weights from cumulative (inclusive) bad-event counts.
+
+    ``earlier`` ``[B]`` counts bad events before the first position given, for
+    rollouts scored a chunk at a time.
+    """
     mask_f = mask.float()
     count = (bad & mask).long().cumsum(-1).float()
+    if earlier is not None:
+        count = count + earlier.unsqueeze(-1).float()
     weight = (1.0 - w_drop * count).clamp(0.0, 1.0) * mask_f
     loss_weight = (weight + w_base) * mask_f
     effective = ((weight > WEIGHT_EPS) & mask).sum(-1)

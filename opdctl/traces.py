@@ -42,6 +42,7 @@ ROLLOUT_SCHEMA = pa.schema(
         ("first_bad", pa.int32()),
         ("bad_events", pa.int32()),
         ("finish_reason", pa.string()),
+        ("generated", pa.int32()),
         ("max_len", pa.int32()),
     ]
 )
@@ -61,6 +62,7 @@ def trace_tables(
     measured: StepDrift,
     student_logprobs: torch.Tensor,
     max_len: int,
+    generated: torch.Tensor,
 ) -> tuple[pa.Table, pa.Table]:
     """The traced rollouts of one step: (tokens table, rollouts table)."""
     rows = torch.tensor(traced_rows(config, len(rollouts)), dtype=torch.long)
@@ -102,6 +104,7 @@ def trace_tables(
             "first_bad": first_bad[rows].tolist(),
             "bad_events": measured.bad[rows].sum(-1).tolist(),
             "finish_reason": [rollouts.finish_reasons[i] for i in rows.tolist()],
+            "generated": generated[rows].tolist(),
             "max_len": [max_len] * len(rows),
         },
         schema=ROLLOUT_SCHEMA,

@@ -30,6 +30,7 @@ from opdctl.data import PromptSampler, PromptSet, load_prompts
 from opdctl.errors import BackendError, ConfigError, RunError
 from opdctl.evaluation.benchmarks import SYNTHETIC, synthetic
 from opdctl.evaluation.runner import evaluate
+from opdctl.monitor import DriftMonitor
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir
 from opdctl.traces import trace_tables
@@ -108,6 +109,22 @@ def check_teacher(config: Config) -> dict[str, str]:
         return teacher.check(tokenizer, config.prune_k, config.loss.k)
     finally:
         teacher.close()
+
+
+@dataclass
+class Generation:
+    """One step's rollouts, their teacher scores, when generation ended, and what it cost."""
+
+    rollouts: Rollouts
+    scores: TeacherScores
+    generated_at: float
+    generated: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
+    monitor_seconds: float = 0.0  # the drift monitor's own time during generation
+
+    def not_generated(self, max_len: int) -> int:
+        """Tokens that rollouts stopped for drift did not generate, up to the length limit in force."""
+        stopped = [i for i, reason in enumerate(self.rollouts.finish_reasons) if reason == "drift"]
+        return int(sum(max_len - int(self.generated[i]) for i in stopped))
 
 
 class Trainer:
@@ -198,10 +215,12 @@ class Trainer:
         sampling = Sampling(max_len, cfg.rollout.temperature, record_topk=cfg.loss.k, seed=_step_seed(cfg.seed, step))
 
         t0 = _now(self.student.device)
-        rollouts, scores, t1 = self.generate_and_score(prompts, sampling)
+        gen = self.generate_and_score(prompts, sampling)
+        rollouts, scores, t1 = gen.rollouts, gen.scores, gen.generated_at
         t2 = _now(self.student.device)
         query_ids = _query_ids(rollouts)
         measured = measure_drift(cfg, rollouts, scores)
+        drift_seconds = time.perf_counter() - t2 + gen.monitor_seconds
         update = self.update(rollouts, query_ids, scores, measured.weights.loss_weight)
         t3 = _now(self.student.device)
 
@@ -220,21 +239,26 @@ class Trainer:
             "max_len": max_len,
             "next_max_len": budget.state.current_len if budget else max_len,
             "hit_ratio": budget.hit_ratio if budget else None,
-            "tokens_generated": tokens,
-            "tokens_scored": tokens,
+            "tokens_generated": int(gen.generated.sum()),
+            "tokens_scored": int(gen.generated.sum()),
             "tokens_trained": int((measured.weights.loss_weight > 0).sum()),
+            "tokens_not_generated": gen.not_generated(max_len),
             "finish_eos": rollouts.finish_reasons.count("eos"),
             "finish_length": rollouts.finish_reasons.count("length"),
+            "finish_drift": rollouts.finish_reasons.count("drift"),
             "generate_seconds": round(t1 - t0, 4),
             "score_seconds": round(t2 - t1, 4),
             "update_seconds": round(t3 - t2, 4),
+            "drift_seconds": round(drift_seconds, 5),
         }
         if budget:
             self.budget = budget.state
         if self._traced(step + 1):
             self.run.write_traces(
                 step + 1,
-                *trace_tables(step + 1, indices, cfg, rollouts, scores, measured, update["student_lp"], max_len),
+                *trace_tables(
+                    step + 1, indices, cfg, rollouts, scores, measured, update["student_lp"], max_len, gen.generated
+                ),
             )
         record.pop("student_lp")
         self.step += 1
@@ -249,17 +273,32 @@ class Trainer:
             f"step {self.step + 1} failed: {exc}; the run is saved: continue with opdctl train --resume {self.run.path}"
         )
 
-    def generate_and_score(self, prompts: list[list[int]], sampling: Sampling) -> tuple[Rollouts, TeacherScores, float]:
-        """Rollouts and their teacher scores, and when generation ended.
+    def generate_and_score(self, prompts: list[list[int]], sampling: Sampling) -> Generation:
+        """Rollouts and their teacher scores.
 
-        A teacher that can ``submit`` gets each rollout as soon as it finishes, so
-        scoring overlaps the rest of the generation; no partial batch is ever used.
+        With ``rollout.truncate_on_drift`` the teacher scores chunks while they are
+        generated and drifted rollouts stop early. Otherwise a teacher whose
+        ``overlaps_generation`` is set gets each rollout as soon as it finishes; no
+        partial batch is ever used.
         """
-        k = self.config.prune_k
+        cfg, k = self.config, self.config.prune_k
+        if cfg.rollout.truncate_on_drift:
+            monitor = DriftMonitor(
+                cfg, self.teacher.stream(prompts), len(prompts), sampling.max_new_tokens, cfg.loss.k + 1
+            )
+            try:
+                rollouts = self.student.generate(prompts, sampling, monitor=monitor)
+            finally:
+                monitor.close()
+            width = rollouts.response_ids.shape[1]
+            scores = monitor.scores(width)
+            return Generation(rollouts, scores, _now(self.student.device), monitor.scored, monitor.seconds)
         if not getattr(self.teacher, "overlaps_generation", False):
             rollouts = self.student.generate(prompts, sampling)
             generated = _now(self.student.device)
-            return rollouts, self.teacher.score(rollouts, _query_ids(rollouts), k), generated
+            return Generation(
+                rollouts, self.teacher.score(rollouts, _query_ids(rollouts), k), generated, rollouts.lengths
+            )
         pending = []
 
         def submit(rows: list[int], part: Rollouts) -> None:
@@ -268,7 +307,8 @@ class Trainer:
         rollouts = self.student.generate(prompts, sampling, on_finished=submit)
         generated = _now(self.student.device)
         parts = [(rows, scores.result()) for rows, scores in pending]
-        return rollouts, TeacherScores.gather(parts, len(rollouts), rollouts.response_ids.shape[1]), generated
+        scores = TeacherScores.gather(parts, len(rollouts), rollouts.response_ids.shape[1])
+        return Generation(rollouts, scores, generated, rollouts.lengths)
 
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor

@@ -198,3 +198,31 @@ def test_traces_of_a_vllm_teacher_run_match_an_hf_teacher_run(tiny_models, serve
     for column in ("token_id", "overlap", "bad", "weight", "loss_weight", "teacher_top1"):
         assert (hf[column] == served[column]).all(), column
     assert (hf["teacher_logprob"] - served["teacher_logprob"]).abs().max() < 1e-4
+
+
+def test_truncation_through_the_server_matches_the_local_teacher(tiny_models, served_model, vllm_server):
+    """Chunked scoring through vLLM stops the same rollouts at the same positions as the HF teacher's stream."""
+    from opdctl.monitor import DriftMonitor
+
+    config = validate(
+        {
+            "loss": {"k": 4},
+            "prune": {"k": 2, "threshold": 0.5, "w_drop": 0.5},
+            "rollout": {"max_new_tokens": 40, "truncate_on_drift": True, "chunk_tokens": 6},
+            "budget": {"enable": False},
+        }
+    )
+    student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
+    sampling = Sampling(40, temperature=1.0, record_topk=4, seed=5)
+    results = []
+    for teacher in (HFTeacher(HFTeacher.Config(model=str(served_model))), vllm_teacher(vllm_server)):
+        monitor = DriftMonitor(config, teacher.stream(PROMPTS), len(PROMPTS), 40, 5)
+        rollouts = student.generate(PROMPTS, sampling, monitor=monitor)
+        results.append((rollouts, monitor.scores(rollouts.response_ids.shape[1])))
+    (a, sa), (b, sb) = results
+    assert a.finish_reasons == b.finish_reasons and "drift" in a.finish_reasons
+    assert torch.equal(a.lengths, b.lengths)
+    assert torch.equal(sa.topk_ids[a.mask], sb.topk_ids[b.mask])
+    exact = sb.query_exact & a.mask.unsqueeze(-1)  # candidates outside the server's top-20 carry its bound
+    assert exact[a.mask].float().mean() > 0.8
+    assert (sa.query_logprobs - sb.query_logprobs)[exact].abs().max() < 1e-4

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from opdctl.backends import FinishedCallback, Rollouts, Sampling
+from opdctl.backends import FinishedCallback, GeneratedChunk, GenerationMonitor, Rollouts, Sampling
 
 from .sequences import left_pad, positions
 
@@ -57,6 +57,25 @@ class _Record:
             self.topk_ids[live, step], self.topk_lp[live, step] = ids, values
         self.lengths[live] += 1
 
+    def chunk(self, rows: list[int], start: int, stop: int) -> GeneratedChunk:
+        """What ``rows`` generated in decode steps [start, stop)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
+        return GeneratedChunk(
+            rows=rows,
+            start=start,
+            lengths=self.lengths[index].cpu(),
+            tokens=self.tokens[index, start:stop].cpu(),
+            topk_ids=self.topk_ids[index, start:stop].cpu(),
+            topk_logprobs=self.topk_lp[index, start:stop].cpu(),
+        )
+
+    def stop(self, cuts: dict[int, int]) -> list[int]:
+        """End rows for drift, each keeping its tokens up to and including the given position."""
+        for row, position in cuts.items():
+            self.lengths[row] = position + 1
+            self.reasons[row] = "drift"
+        return list(cuts)
+
     def rollouts(self, rows: list[int]) -> Rollouts:
         index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
         width = int(self.lengths[index].max()) if rows else 0
@@ -79,10 +98,15 @@ def sample(
     eos_ids: Collection[int],
     pad_id: int,
     on_finished: FinishedCallback | None = None,
+    monitor: GenerationMonitor | None = None,
 ) -> Rollouts:
     """One response per prompt, at most ``sampling.max_new_tokens`` long, ending at an EOS id.
 
-    ``on_finished(rows, rollouts)`` hears about rows as soon as they finish.
+    ``on_finished(rows, rollouts)`` hears about rows as soon as they finish. A
+    ``monitor`` sees every ``monitor.chunk_tokens`` new tokens of the rows still
+    running (and the last tokens of rows that ended) and may stop rows: they keep
+    their tokens up to the position it names, end with reason "drift", and leave
+    the batch.
     """
     device = next(model.parameters()).device
     batch, limit = len(prompts), sampling.max_new_tokens
@@ -98,7 +122,7 @@ def sample(
 
     input_ids, attention_mask = left_pad(prompts, pad_id, device)
     position_ids = positions(attention_mask)
-    cache = {_cache_keyword(model): DynamicCache(config=model.config)}
+    cache = {cache_keyword(model): DynamicCache(config=model.config)}
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -109,20 +133,26 @@ def sample(
     )
     live = torch.arange(batch, device=device)
     next_position = position_ids[:, -1] + 1
+    chunk_start, unchecked = 0, list(range(batch))
     for step in range(limit):
         logits = out.logits[:, -1].float()
         token = _choose(logits, sampling.temperature, generator, batch, live)
         record.add(step, live, token, torch.log_softmax(logits, dim=-1))
-        done = torch.isin(token, eos)
-        finish(live[done], "eos")
-        keep = ~done
-        if step == limit - 1 or not keep.any():
+        ended = torch.isin(token, eos)
+        finish(live[ended], "eos")
+        keep = ~ended
+        last = step == limit - 1 or not keep.any()
+        if monitor and (last or step + 1 - chunk_start == monitor.chunk_tokens):
+            stopped = record.stop(monitor.observe(record.chunk(unchecked, chunk_start, step + 1)))
+            keep &= ~torch.isin(live, torch.tensor(stopped, dtype=torch.long, device=device))
+            chunk_start, unchecked = step + 1, live[keep].tolist()
+        if last or not keep.any():
             break
         if not keep.all():
             kept = keep.nonzero().squeeze(-1)
             next(iter(cache.values())).batch_select_indices(kept)
             live, token, attention_mask = live[kept], token[kept], attention_mask[kept]
-            next_position = next_position[kept]
+            next_position, keep = next_position[kept], keep[kept]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
         out = model(
             input_ids=token[:, None],
@@ -132,11 +162,11 @@ def sample(
             **cache,
         )
         next_position = next_position + 1
-    finish(live[~done], "length")
+    finish(live[keep], "length")
     return record.rollouts(list(range(batch)))
 
 
-def _cache_keyword(model: torch.nn.Module) -> str:
+def cache_keyword(model: torch.nn.Module) -> str:
     """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import FinishedCallback, Rollouts, Sampling
+from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling
 
 from .loading import HFConfig, eos_ids, load_model, load_tokenizer
 from .sampling import sample
@@ -50,11 +50,16 @@ class HFStudent:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def generate(
-        self, prompts: list[list[int]], sampling: Sampling, on_finished: FinishedCallback | None = None
+        self,
+        prompts: list[list[int]],
+        sampling: Sampling,
+        on_finished: FinishedCallback | None = None,
+        monitor: GenerationMonitor | None = None,
     ) -> Rollouts:
         self.model.eval()
         with self._autocast():
-            return sample(self.model, prompts, sampling, self.eos_ids, self.tokenizer.pad_token_id, on_finished)
+            pad = self.tokenizer.pad_token_id
+            return sample(self.model, prompts, sampling, self.eos_ids, pad, on_finished, monitor)
 
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         # Eval mode keeps dropout off, so these are the sampling policy's log-probs;

@@ -12,6 +12,7 @@ from opdctl.errors import BackendError
 from .loading import HFConfig, check_same_tokenizer, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import gather_logprobs, pack, response_hidden
+from .streaming import HFTeacherStream
 
 
 class HFTeacherConfig(HFConfig):
@@ -66,6 +67,10 @@ class HFTeacher:
             topk_logprobs=_cat_padded([p[2] for p in parts], width),
             query_logprobs=_cat_padded([p[0] for p in parts], width),
         )
+
+    def stream(self, prompts: list[list[int]]) -> HFTeacherStream:
+        """Score a batch chunk by chunk as it is generated (the teacher keeps its own KV cache)."""
+        return HFTeacherStream(self.model, prompts, self.tokenizer.pad_token_id, self.config.logprob_chunk)
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
         """Let the teacher answer prompts itself (used to evaluate it)."""

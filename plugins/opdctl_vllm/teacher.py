@@ -136,8 +136,45 @@ class VLLMTeacher:
     def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
         return self.submit(rollouts, query_ids, top_k).result()
 
+    def stream(self, prompts: list[list[int]]) -> VLLMTeacherStream:
+        """Score chunk by chunk: each chunk's request re-sends the rollout so far (see docs/vllm.md)."""
+        return VLLMTeacherStream(self, prompts)
+
     def close(self) -> None:
         self.server.close()
+
+
+class VLLMTeacherStream:
+    """Chunked scoring through the server.
+
+    vLLM does not read its prefix cache for requests that ask for prompt log-probs,
+    so every chunk re-scores the rollout from its start: the cost grows with the
+    square of the length divided by ``rollout.chunk_tokens``.
+    """
+
+    def __init__(self, teacher: VLLMTeacher, prompts: list[list[int]]) -> None:
+        self.teacher = teacher
+        self.prefixes = [list(p) for p in prompts]
+
+    def extend(
+        self, rows: list[int], tokens: torch.Tensor, lengths: torch.Tensor, query_ids: torch.Tensor, top_k: int
+    ) -> TeacherScores:
+        chunk = Rollouts(
+            prompt_ids=[self.prefixes[row] for row in rows],
+            response_ids=tokens,
+            lengths=lengths,
+            topk_ids=query_ids[..., :-1],
+            topk_logprobs=torch.zeros(query_ids[..., :-1].shape),
+            sampled_logprobs=torch.zeros(tokens.shape),
+            finish_reasons=[""] * len(rows),
+        )
+        scores = self.teacher.score(chunk, query_ids, top_k)
+        for row, new in zip(rows, chunk.responses(), strict=True):
+            self.prefixes[row] = self.prefixes[row] + new
+        return scores
+
+    def close(self) -> None:
+        self.prefixes = []
 
 
 def parse_scores(

@@ -1,0 +1,87 @@
+"""Truncation on drift: score rollouts while they are generated and stop those whose weight can no longer matter.
+
+Every ``rollout.chunk_tokens`` decode steps the monitor sends the new tokens of the
+running rollouts to the teacher's stream, updates each rollout's bad-event count with
+the same functions the loss uses, and stops a rollout at the first position where its
+weight w_t falls to ``prune.stop_weight``: it keeps the tokens up to and including that
+position. The scores gathered chunk by chunk are the step's teacher scores, so kept
+tokens get exactly the weights full generation, full scoring and a cut would give.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from opdctl import drift
+from opdctl.backends import GeneratedChunk, TeacherScores, TeacherStream
+from opdctl.config import Config
+
+
+class DriftMonitor:
+    """A GenerationMonitor that stops drifted rollouts (finish reason "drift")."""
+
+    def __init__(self, config: Config, stream: TeacherStream, batch: int, max_len: int, query_width: int) -> None:
+        self.config, self.stream = config, stream
+        self.inexact = False
+        self.seconds = 0.0  # spent in observe() outside the teacher: the monitor's own overhead
+        self.chunk_tokens = config.rollout.chunk_tokens
+        k = config.prune_k
+        self.topk_ids = torch.zeros((batch, max_len, k), dtype=torch.long)
+        self.topk_logprobs = torch.zeros((batch, max_len, k))
+        self.query_logprobs = torch.zeros((batch, max_len, query_width))
+        self.query_exact = torch.ones((batch, max_len, query_width), dtype=torch.bool)
+        self.bad_so_far = torch.zeros(batch, dtype=torch.long)
+        self.scored = torch.zeros(batch, dtype=torch.long)  # tokens sent to the teacher, per rollout
+
+    def observe(self, chunk: GeneratedChunk) -> dict[int, int]:
+        started = time.perf_counter()
+        cfg, k = self.config, self.config.prune_k
+        rows = torch.tensor(chunk.rows, dtype=torch.long)
+        new = chunk.lengths - chunk.start
+        width = chunk.tokens.shape[1]
+        valid = torch.arange(width).unsqueeze(0) < new.unsqueeze(1)
+        query = torch.cat([chunk.topk_ids, chunk.tokens.unsqueeze(-1)], dim=-1)
+        scoring = time.perf_counter()
+        scores = self.stream.extend(chunk.rows, chunk.tokens, new, query, k)
+        started += time.perf_counter() - scoring
+        self._store(rows, chunk.start, width, scores)
+        signal = drift.drift_signal(
+            cfg.prune.metric,
+            student_topk=chunk.topk_ids[..., :k],
+            student_topk_logprobs=chunk.topk_logprobs[..., :k],
+            teacher_topk=scores.topk_ids[..., :k],
+            teacher_topk_logprobs=scores.topk_logprobs[..., :k],
+            sampled=chunk.tokens,
+            threshold=cfg.prune.threshold,
+        )
+        bad = drift.bad_events(signal, valid, cfg.prune.metric, cfg.prune.threshold)
+        weights = drift.reliability_weights(bad, valid, cfg.prune.w_drop, cfg.prune.w_base, self.bad_so_far[rows])
+        self.bad_so_far[rows] += bad.sum(-1)
+        self.scored[rows] = chunk.lengths
+        spent = (weights.weight <= cfg.prune.stop_weight) & valid
+        stops = {row: chunk.start + int(spent[i].int().argmax()) for i, row in enumerate(chunk.rows) if spent[i].any()}
+        self.seconds += time.perf_counter() - started
+        return stops
+
+    def _store(self, rows: torch.Tensor, start: int, width: int, scores: TeacherScores) -> None:
+        span = slice(start, start + width)
+        self.topk_ids[rows, span] = scores.topk_ids
+        self.topk_logprobs[rows, span] = scores.topk_logprobs
+        self.query_logprobs[rows, span] = scores.query_logprobs
+        if scores.query_exact is not None:
+            self.query_exact[rows, span] = scores.query_exact
+            self.inexact = True
+
+    def scores(self, width: int) -> TeacherScores:
+        """The teacher scores of the whole batch, gathered chunk by chunk, trimmed to ``width`` positions."""
+        return TeacherScores(
+            topk_ids=self.topk_ids[:, :width],
+            topk_logprobs=self.topk_logprobs[:, :width],
+            query_logprobs=self.query_logprobs[:, :width],
+            query_exact=self.query_exact[:, :width] if self.inexact else None,
+        )
+
+    def close(self) -> None:
+        self.stream.close()

@@ -1,0 +1,114 @@
+"""Truncation on drift: exactness against full generation + scoring cut at the same point, and its accounting."""
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from opdctl.backends import Rollouts, Sampling
+from opdctl.cli import app
+from opdctl.config import validate
+from opdctl.demo.models import prompt_ids
+from opdctl.demo.task import held_out
+from opdctl.demo.tokenizer import build_tokenizer
+from opdctl.errors import ConfigError
+from opdctl.monitor import DriftMonitor
+from opdctl.trainer import measure_drift, opd_loss
+from opdctl_hf import HFStudent, HFTeacher
+
+from .conftest import read_metrics, tiny_config, write_config
+
+PROMPTS = [prompt_ids(build_tokenizer(), p) for p in held_out(10)]
+SETTINGS = {
+    "loss": {"k": 4},
+    "prune": {"k": 2, "threshold": 0.5, "w_drop": 0.5, "w_base": 0.5},
+    "rollout": {"max_new_tokens": 40, "truncate_on_drift": True, "chunk_tokens": 5},
+    "budget": {"enable": False},
+}
+
+
+def _cut(rollouts: Rollouts, lengths: torch.Tensor) -> Rollouts:
+    """The same rollouts, each cut to ``lengths``."""
+    cut = Rollouts(**{**rollouts.__dict__, "lengths": torch.minimum(rollouts.lengths, lengths)})
+    return cut.select(list(range(len(cut))))
+
+
+def _query(rollouts: Rollouts) -> torch.Tensor:
+    return torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16])
+def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tiny_models, chunk):
+    config = validate({**SETTINGS, "rollout": {**SETTINGS["rollout"], "chunk_tokens": chunk}})
+    student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
+    teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"]), logprob_chunk=7))
+    sampling = Sampling(40, temperature=1.0, record_topk=4, seed=3)
+
+    monitor = DriftMonitor(config, teacher.stream(PROMPTS), len(PROMPTS), 40, 5)
+    truncated = student.generate(PROMPTS, sampling, monitor=monitor)
+    streamed = monitor.scores(truncated.response_ids.shape[1])
+    reasons = truncated.finish_reasons
+    assert "drift" in reasons and len(set(reasons)) > 1, reasons
+
+    full = student.generate(PROMPTS, sampling)
+    full_scores = teacher.score(full, _query(full), 2)  # the whole rollouts, then cut
+    reference = _cut(full, truncated.lengths)
+    width = reference.response_ids.shape[1]
+    mask = truncated.mask
+    assert torch.equal(truncated.response_ids[mask], reference.response_ids[mask])
+    assert torch.equal(truncated.topk_ids[mask], reference.topk_ids[mask])
+
+    a, b = measure_drift(config, truncated, streamed), measure_drift(config, reference, _trim(full_scores, width))
+    assert torch.equal(a.overlap, b.overlap) and torch.equal(a.bad, b.bad)
+    assert torch.equal(a.weights.weight, b.weights.weight) and torch.equal(a.weights.loss_weight, b.weights.loss_weight)
+    assert torch.allclose(streamed.query_logprobs[mask], full_scores.query_logprobs[:, :width][mask], atol=1e-5)
+
+    for i, reason in enumerate(reasons):
+        w = a.weights.weight[i, : truncated.lengths[i]]
+        if reason == "drift":  # stopped at the first position whose weight reached the stop level
+            assert w[-1] <= 0.0 and (w[:-1] > 0).all()
+        else:
+            assert (w > 0).all() and reason == full.finish_reasons[i]
+
+    with torch.no_grad():
+        lp_a = student.logprobs(truncated, _query(truncated))
+        lp_b = student.logprobs(reference, _query(reference))
+    n = int(mask.sum())
+    loss_a = opd_loss(config, lp_a, streamed.query_logprobs, a.weights.loss_weight, n)
+    loss_b = opd_loss(config, lp_b, full_scores.query_logprobs[:, :width], b.weights.loss_weight, n)
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-5, abs=1e-6)
+
+
+def _trim(scores, width):
+    from opdctl.backends import TeacherScores
+
+    return TeacherScores(scores.topk_ids[:, :width], scores.topk_logprobs[:, :width], scores.query_logprobs[:, :width])
+
+
+def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path):
+    config = tiny_config(
+        tiny_models,
+        tmp_path / "run",
+        optim={"steps": 3},
+        **{k: {**tiny_config(tiny_models, tmp_path)[k], **v} for k, v in SETTINGS.items()},
+    )
+    result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
+    assert result.exit_code == 0, result.output
+    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
+    assert sum(r["finish_drift"] for r in steps) > 0
+    rollouts = pq.read_table(tmp_path / "run" / "traces" / "rollouts").to_pandas()
+    tokens = pq.read_table(tmp_path / "run" / "traces" / "tokens").to_pandas()
+    for record in steps:
+        mine = rollouts[rollouts.step == record["step"]]
+        stopped = mine[mine.finish_reason == "drift"]
+        assert record["tokens_generated"] == record["tokens_scored"] == mine.generated.sum()
+        assert record["tokens_not_generated"] == (40 - stopped.generated).sum()
+        assert record["finish_drift"] == len(stopped)
+        assert (mine.generated >= mine.length).all()
+        assert record["tokens_trained"] == len(tokens[tokens.step == record["step"]])
+    assert (stopped.effective_length == stopped.length - 1).all()  # the last kept token has weight 0
+
+
+def test_truncation_needs_prune_weights():
+    with pytest.raises(ConfigError, match=r"truncate_on_drift=true needs prune\.enable=true"):
+        validate({"rollout": {"truncate_on_drift": True}, "prune": {"enable": False}})
