@@ -142,12 +142,19 @@ class TeacherScores:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to generate: temperature 0 is greedy; ``record_topk`` ids per position are kept."""
+    """How to generate: temperature 0 is greedy; ``record_topk`` ids per position are kept.
+
+    A process that generates rows ``[row_offset, row_offset + len(prompts))`` of a
+    larger batch of ``batch_rows`` samples them exactly as one process generating the
+    whole batch would.
+    """
 
     max_new_tokens: int
     temperature: float = 1.0
     record_topk: int = 0
     seed: int = 0
+    batch_rows: int | None = None
+    row_offset: int = 0
 
 
 class Teacher(Protocol):

@@ -105,12 +105,16 @@ def train(
             raise OpdctlError("--resume uses the run's own config.yaml: drop -c (overrides are still allowed)")
         cfg = resumed_config(resume, overrides or []) if resume else load_config(config, overrides or [])
         from opdctl.console import RichReporter
+        from opdctl.progress import LogReporter
 
-        with reporting_to(RichReporter()):
+        main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 speaks for all
+        with reporting_to(RichReporter() if main else LogReporter()):
             trainer = start_run(cfg, resume)
-            console.print(f"[bold]run directory[/bold] {trainer.run.path}")
+            if main:
+                console.print(f"[bold]run directory[/bold] {trainer.run.path}")
             summary = trainer.fit()
-        stdout.print(summary_table(summary))
+        if main:
+            stdout.print(summary_table(summary))
 
     _run(debug, action)
 

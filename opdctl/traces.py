@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pyarrow as pa
 import torch
 
-from opdctl.backends import Rollouts, TeacherScores
 from opdctl.config import Config
-from opdctl.drift import first_bad_position
-
-if TYPE_CHECKING:
-    from opdctl.trainer import StepDrift
+from opdctl.outcome import StepOutcome
 
 TOKEN_SCHEMA = pa.schema(
     [
@@ -54,20 +48,11 @@ def traced_rows(config: Config, batch: int) -> list[int]:
 
 
 def trace_tables(
-    step: int,
-    prompt_indices: list[int],
-    config: Config,
-    rollouts: Rollouts,
-    scores: TeacherScores,
-    measured: StepDrift,
-    student_logprobs: torch.Tensor,
-    max_len: int,
-    generated: torch.Tensor,
+    step: int, prompt_indices: list[int], config: Config, outcome: StepOutcome, max_len: int
 ) -> tuple[pa.Table, pa.Table]:
     """The traced rollouts of one step: (tokens table, rollouts table)."""
-    rows = torch.tensor(traced_rows(config, len(rollouts)), dtype=torch.long)
-    mask = rollouts.mask[rows]
-    r_idx, pos = mask.nonzero(as_tuple=True)
+    rows = torch.tensor(traced_rows(config, len(outcome.finish_reasons)), dtype=torch.long)
+    r_idx, pos = outcome.mask[rows].nonzero(as_tuple=True)
     b = rows[r_idx]
 
     def at(values: torch.Tensor) -> list:
@@ -78,34 +63,34 @@ def trace_tables(
             "step": [step] * len(b),
             "rollout": b.tolist(),
             "position": pos.tolist(),
-            "token_id": at(rollouts.response_ids),
-            "overlap": at(measured.overlap),
-            "signal": at(measured.signal),
-            "bad": at(measured.bad),
-            "weight": at(measured.weights.weight),
-            "loss_weight": at(measured.weights.loss_weight),
-            "teacher_logprob": at(scores.query_logprobs[..., -1]),
-            "student_logprob": at(student_logprobs),
-            "teacher_top1": at(scores.topk_ids[..., 0]),
-            "student_top1": at(rollouts.topk_ids[..., 0]),
+            "token_id": at(outcome.response_ids),
+            "overlap": at(outcome.overlap),
+            "signal": at(outcome.signal),
+            "bad": at(outcome.bad),
+            "weight": at(outcome.weight),
+            "loss_weight": at(outcome.loss_weight),
+            "teacher_logprob": at(outcome.teacher_logprob),
+            "student_logprob": at(outcome.student_logprob),
+            "teacher_top1": at(outcome.teacher_top1),
+            "student_top1": at(outcome.student_top1),
         },
         schema=TOKEN_SCHEMA,
     )
-    first_bad = first_bad_position(measured.bad)
+    picked = rows.tolist()
     n = config.rollout.n
     rollout_table = pa.Table.from_pydict(
         {
-            "step": [step] * len(rows),
-            "rollout": rows.tolist(),
-            "prompt_index": [prompt_indices[i // n] for i in rows.tolist()],
-            "prompt_ids": [rollouts.prompt_ids[i] for i in rows.tolist()],
-            "length": rollouts.lengths[rows].tolist(),
-            "effective_length": measured.weights.effective_length[rows].tolist(),
-            "first_bad": first_bad[rows].tolist(),
-            "bad_events": measured.bad[rows].sum(-1).tolist(),
-            "finish_reason": [rollouts.finish_reasons[i] for i in rows.tolist()],
-            "generated": generated[rows].tolist(),
-            "max_len": [max_len] * len(rows),
+            "step": [step] * len(picked),
+            "rollout": picked,
+            "prompt_index": [prompt_indices[i // n] for i in picked],
+            "prompt_ids": [outcome.prompt_ids[i] for i in picked],
+            "length": outcome.lengths[rows].tolist(),
+            "effective_length": outcome.effective_length[rows].tolist(),
+            "first_bad": outcome.first_bad[rows].tolist(),
+            "bad_events": outcome.bad[rows].sum(-1).tolist(),
+            "finish_reason": [outcome.finish_reasons[i] for i in picked],
+            "generated": outcome.generated[rows].tolist(),
+            "max_len": [max_len] * len(picked),
         },
         schema=ROLLOUT_SCHEMA,
     )

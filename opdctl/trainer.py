@@ -25,12 +25,14 @@ import torch
 from opdctl import drift, losses
 from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores, backend_class
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
-from opdctl.config import Config, resolve_run_dir, validate
+from opdctl.config import BackendConfig, Config, resolve_run_dir, validate
 from opdctl.data import PromptSampler, PromptSet, load_prompts
+from opdctl.distributed import World, device_for, setup_world
 from opdctl.errors import BackendError, ConfigError, RunError
 from opdctl.evaluation.benchmarks import SYNTHETIC, synthetic
 from opdctl.evaluation.runner import evaluate
 from opdctl.monitor import DriftMonitor
+from opdctl.outcome import StepOutcome
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir
 from opdctl.traces import trace_tables
@@ -90,15 +92,27 @@ def opd_loss(
     )
 
 
-def load_backends(config: Config, student_model: str | None = None) -> tuple[Student, Teacher]:
-    """Instantiate the configured backends (the student from ``student_model`` when resuming)."""
-    student_config = config.student
+def load_backends(
+    config: Config, student_model: str | None = None, world: World | None = None
+) -> tuple[Student, Teacher]:
+    """Instantiate the configured backends (the student from ``student_model`` when resuming).
+
+    With several processes on GPUs, each loads its models onto its own GPU.
+    """
+    world = world or World()
+    student_config, teacher_config = _on_own_device(config.student, world), _on_own_device(config.teacher, world)
     if student_model is not None:
         student_config = student_config.model_copy(update={"model": student_model})
     student = backend_class("student", config.student.backend)(student_config)
-    teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
+    teacher = backend_class("teacher", config.teacher.backend)(teacher_config)
     teacher.check(student.tokenizer, config.prune_k, config.loss.k)
     return student, teacher
+
+
+def _on_own_device(section: BackendConfig, world: World) -> BackendConfig:
+    if "device" not in type(section).model_fields:
+        return section
+    return section.model_copy(update={"device": device_for(world, section.device)})
 
 
 def check_teacher(config: Config) -> dict[str, str]:
@@ -121,17 +135,23 @@ class Generation:
     generated: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
     monitor_seconds: float = 0.0  # the drift monitor's own time during generation
 
-    def not_generated(self, max_len: int) -> int:
-        """Tokens that rollouts stopped for drift did not generate, up to the length limit in force."""
-        stopped = [i for i, reason in enumerate(self.rollouts.finish_reasons) if reason == "drift"]
-        return int(sum(max_len - int(self.generated[i]) for i in stopped))
-
 
 class Trainer:
     """Owns the backends, optimizer, budget and run directory of one training run."""
 
-    def __init__(self, config: Config, run: RunDir, student: Student, teacher: Teacher, prompts: PromptSet) -> None:
+    def __init__(
+        self,
+        config: Config,
+        run: RunDir,
+        student: Student,
+        teacher: Teacher,
+        prompts: PromptSet,
+        world: World | None = None,
+    ) -> None:
         self.config, self.run, self.student, self.teacher, self.prompts = config, run, student, teacher, prompts
+        self.world = world or World()
+        self.world.share(config.optim.prompts_per_step * config.rollout.n)  # refuse an uneven split early
+        student.distribute(self.world)
         self.sampler = PromptSampler(len(prompts), config.seed)
         params = [p for p in student.model.parameters() if p.requires_grad]
         o = config.optim
@@ -164,7 +184,7 @@ class Trainer:
         random.setstate(_tuple_state(state["python_rng"]))
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
         def write(directory: Path) -> None:
             self.student.save(str(directory))
             torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
@@ -179,11 +199,16 @@ class Trainer:
             }
             (directory / STATE_FILE).write_text(json.dumps(state))
 
-        return self.run.save_checkpoint(self.step, write, self.config.output.keep_checkpoints)
+        path = (
+            self.run.save_checkpoint(self.step, write, self.config.output.keep_checkpoints) if self.world.main else None
+        )
+        self.world.barrier()
+        return path
 
     # the loop ----------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait."""
         cfg = self.config
         if self.step == 0:
             self.evaluate("before")
@@ -196,72 +221,61 @@ class Trainer:
                 except BackendError as exc:
                     raise self._interrupted(exc) from exc
                 self.elapsed += time.perf_counter() - started
-                record["elapsed_seconds"] = round(self.elapsed, 3)
-                self.run.append_metrics(record)
-                advance(**_progress_fields(record))
+                if record is not None:
+                    record["elapsed_seconds"] = round(self.elapsed, 3)
+                    self.run.append_metrics(record)
+                    advance(**_progress_fields(record))
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.optim.steps:
                     self.evaluate("during")
                 if self.step % cfg.output.save_every == 0 or self.step == cfg.optim.steps:
                     self.save()
         self.evaluate("after")
-        return self.summarize()
+        return self.summarize() if self.world.main else {}
 
-    def train_step(self) -> dict[str, Any]:
-        """One Prune-OPD step; returns its metrics record."""
-        cfg, step = self.config, self.step
+    def train_step(self) -> dict[str, Any] | None:
+        """One Prune-OPD step over this process's share of the batch; process 0 returns the step's record."""
+        cfg, step, world = self.config, self.step, self.world
         indices = self.sampler.indices(step, cfg.optim.prompts_per_step)
         prompts = [self.prompts.ids[i] for i in indices for _ in range(cfg.rollout.n)]
+        start, end = world.share(len(prompts))
         max_len = self.budget.current_len if cfg.budget.enable else cfg.rollout.max_new_tokens
-        sampling = Sampling(max_len, cfg.rollout.temperature, record_topk=cfg.loss.k, seed=_step_seed(cfg.seed, step))
+        sampling = Sampling(
+            max_len, cfg.rollout.temperature, cfg.loss.k, _step_seed(cfg.seed, step), len(prompts), row_offset=start
+        )
 
         t0 = _now(self.student.device)
-        gen = self.generate_and_score(prompts, sampling)
+        gen = self.generate_and_score(prompts[start:end], sampling)
         rollouts, scores, t1 = gen.rollouts, gen.scores, gen.generated_at
         t2 = _now(self.student.device)
-        query_ids = _query_ids(rollouts)
         measured = measure_drift(cfg, rollouts, scores)
         drift_seconds = time.perf_counter() - t2 + gen.monitor_seconds
-        update = self.update(rollouts, query_ids, scores, measured.weights.loss_weight)
+        update = self.update(rollouts, _query_ids(rollouts), scores, measured.weights.loss_weight)
         t3 = _now(self.student.device)
 
-        lengths = measured.weights.effective_length.tolist()
-        budget = update_budget(self.budget, lengths, self.limits) if cfg.budget.enable else None
-        mask = rollouts.mask
-        tokens = int(mask.sum())
+        local = StepOutcome.of(rollouts, scores, measured, update.pop("student_lp"), gen.generated)
+        seconds = {"generate": t1 - t0, "score": t2 - t1, "update": t3 - t2, "drift": drift_seconds}
+        gathered = world.gather((local, seconds))
+        outcome = StepOutcome.join([o for o, _ in gathered])
+        slowest = {key: max(t[key] for _, t in gathered) for key in seconds}
+        budget = (
+            update_budget(self.budget, outcome.effective_length.tolist(), self.limits) if cfg.budget.enable else None
+        )
+        if budget:
+            self.budget = budget.state
+        self.step += 1
+        if not world.main:
+            return None
         record = {
             "step": step + 1,
             **update,
-            "overlap": _masked_mean(measured.overlap, mask),
-            "bad_event_rate": _masked_mean(measured.bad.float(), mask),
-            "weight": _masked_mean(measured.weights.weight, mask),
-            "effective_length": sum(lengths) / len(lengths),
-            "response_length": tokens / len(rollouts),
+            **outcome.metrics(max_len),
             "max_len": max_len,
-            "next_max_len": budget.state.current_len if budget else max_len,
+            "next_max_len": self.budget.current_len if budget else max_len,
             "hit_ratio": budget.hit_ratio if budget else None,
-            "tokens_generated": int(gen.generated.sum()),
-            "tokens_scored": int(gen.generated.sum()),
-            "tokens_trained": int((measured.weights.loss_weight > 0).sum()),
-            "tokens_not_generated": gen.not_generated(max_len),
-            "finish_eos": rollouts.finish_reasons.count("eos"),
-            "finish_length": rollouts.finish_reasons.count("length"),
-            "finish_drift": rollouts.finish_reasons.count("drift"),
-            "generate_seconds": round(t1 - t0, 4),
-            "score_seconds": round(t2 - t1, 4),
-            "update_seconds": round(t3 - t2, 4),
-            "drift_seconds": round(drift_seconds, 5),
+            **{f"{key}_seconds": round(value, 5) for key, value in slowest.items()},
         }
-        if budget:
-            self.budget = budget.state
         if self._traced(step + 1):
-            self.run.write_traces(
-                step + 1,
-                *trace_tables(
-                    step + 1, indices, cfg, rollouts, scores, measured, update["student_lp"], max_len, gen.generated
-                ),
-            )
-        record.pop("student_lp")
-        self.step += 1
+            self.run.write_traces(step + 1, *trace_tables(step + 1, indices, cfg, outcome, max_len))
         return record
 
     def _interrupted(self, exc: BackendError) -> RunError:
@@ -313,9 +327,13 @@ class Trainer:
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
     ) -> dict[str, Any]:
-        """Forward/backward over micro-batches, then one clipped optimizer step (skipped if non-finite)."""
-        cfg, device = self.config, self.student.device
-        num_tokens = max(1, int(rollouts.mask.sum()))
+        """Forward/backward over micro-batches, then one clipped optimizer step (skipped if non-finite).
+
+        The loss is a token mean over the whole step (all processes); DistributedDataParallel
+        averages gradients over processes, so each process scales its part by their number.
+        """
+        cfg, device, world = self.config, self.student.device, self.world
+        num_tokens = max(1, int(world.sum(int(rollouts.mask.sum()))))
         teacher_lp = scores.query_logprobs.to(device)
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         loss_weight = loss_weight.to(device)
@@ -325,18 +343,20 @@ class Trainer:
             rows = slice(start, start + size)
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
-            student_lp = self.student.logprobs(part, query_ids[rows, :width])
-            loss = opd_loss(
-                cfg,
-                student_lp,
-                teacher_lp[rows, :width],
-                loss_weight[rows, :width],
-                num_tokens,
-                exact[rows, :width] if exact is not None else None,
-            )
-            loss.backward()
+            with self.student.gradient_sync(start + size >= len(rollouts)):
+                student_lp = self.student.logprobs(part, query_ids[rows, :width])
+                loss = opd_loss(
+                    cfg,
+                    student_lp,
+                    teacher_lp[rows, :width],
+                    loss_weight[rows, :width],
+                    num_tokens,
+                    exact[rows, :width] if exact is not None else None,
+                )
+                (loss * world.size).backward()
             total_loss += loss.item()
             sampled_lp[rows, :width] = student_lp[..., -1].detach().float().cpu()
+        total_loss = world.sum(total_loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.model.parameters(), cfg.optim.grad_clip or math.inf)
         finite = math.isfinite(total_loss) and bool(torch.isfinite(grad_norm))
         if finite:
@@ -353,10 +373,8 @@ class Trainer:
                 )
         self.optimizer.zero_grad(set_to_none=True)
         self.student.weights_updated()
-        teacher_sampled = scores.query_logprobs[..., -1]
         return {
             "loss": total_loss,
-            "reverse_kl": losses.reverse_kl_estimate(sampled_lp, teacher_sampled, rollouts.mask),
             "grad_norm": float(grad_norm),
             "lr": self.scheduler.get_last_lr()[0],
             "skipped": not finite,
@@ -370,6 +388,12 @@ class Trainer:
     # evaluation and summary ----------------------------------------------------
 
     def evaluate(self, when: str) -> None:
+        """Process 0 scores the student (and once, if asked, the teacher); the others wait."""
+        if self.world.main:
+            self._evaluate(when)
+        self.world.barrier()
+
+    def _evaluate(self, when: str) -> None:
         """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
         cfg = self.config.eval
         models: list[tuple[str, Any]] = [(when, self.student)]
@@ -433,24 +457,28 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
     Backends and data load before a new run directory is created, so a run that
     cannot start leaves nothing behind.
     """
+    world = setup_world()
     run = RunDir.open(resume) if resume is not None else None
-    path = run.path if run else resolve_run_dir(config.output.dir)
+    path = run.path if run else Path(world.broadcast(str(resolve_run_dir(config.output.dir))))
     if run is None:
         RunDir.refuse_existing(path)
     latest = run.latest_checkpoint() if run else None
-    student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None)
+    student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None, world=world)
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)
     config.output.dir = str(path)
-    if run is None:
-        run = RunDir.create(path, config.to_yaml())
-    else:
+    if world.main:
+        run = RunDir.create(path, config.to_yaml()) if run is None else run
         run.write_config(config.to_yaml())
-    trainer = Trainer(config, run, student, teacher, prompts)
+    world.barrier()
+    run = run or RunDir.open(path)
+    trainer = Trainer(config, run, student, teacher, prompts, world)
     if latest is not None:
         trainer.restore(latest[1])
         reporter().message(f"Resuming {run.path} from step {trainer.step}")
-    run.rewind(trainer.step)
+    if world.main:
+        run.rewind(trainer.step)
+    world.barrier()
     return trainer
 
 
@@ -482,11 +510,6 @@ def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    count = int(mask.sum())
-    return float((values * mask).sum() / count) if count else 0.0
 
 
 def _mean(values: list[float]) -> float | None:

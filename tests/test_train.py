@@ -21,7 +21,7 @@ from opdctl.rundir import RunDir
 
 from .conftest import read_metrics, tiny_config, write_config
 
-TIMING = {"generate_seconds", "score_seconds", "update_seconds", "elapsed_seconds"}
+TIMING = {"generate_seconds", "score_seconds", "update_seconds", "drift_seconds", "elapsed_seconds"}
 STEP_KEYS = {
     "step",
     "loss",

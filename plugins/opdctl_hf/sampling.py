@@ -136,7 +136,7 @@ def sample(
     chunk_start, unchecked = 0, list(range(batch))
     for step in range(limit):
         logits = out.logits[:, -1].float()
-        token = _choose(logits, sampling.temperature, generator, batch, live)
+        token = _choose(logits, sampling, generator, batch, live)
         record.add(step, live, token, torch.log_softmax(logits, dim=-1))
         ended = torch.isin(token, eos)
         finish(live[ended], "eos")
@@ -172,11 +172,15 @@ def cache_keyword(model: torch.nn.Module) -> str:
 
 
 def _choose(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator, batch: int, live: torch.Tensor
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator, batch: int, live: torch.Tensor
 ) -> torch.Tensor:
-    """Greedy at temperature 0, else a Gumbel-max sample from softmax(logits / temperature)."""
-    if temperature == 0:
+    """Greedy at temperature 0, else a Gumbel-max sample from softmax(logits / temperature).
+
+    Noise is drawn for every row of the whole batch (``sampling.batch_rows``) each step.
+    """
+    if sampling.temperature == 0:
         return logits.argmax(-1)
-    uniform = torch.rand((batch, logits.shape[-1]), generator=generator, device=logits.device)[live]
-    gumbel = -torch.log(-torch.log(uniform))
-    return (logits / temperature + gumbel).argmax(-1)
+    rows = sampling.batch_rows or batch
+    uniform = torch.rand((rows, logits.shape[-1]), generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(uniform[sampling.row_offset + live]))
+    return (logits / sampling.temperature + gumbel).argmax(-1)

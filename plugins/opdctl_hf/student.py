@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
@@ -9,10 +10,11 @@ from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling
+from opdctl.distributed import World
 
 from .loading import HFConfig, eos_ids, load_model, load_tokenizer
 from .sampling import sample
-from .sequences import gather_logprobs, pack, response_hidden
+from .sequences import Packed, gather_logprobs, pack, response_hidden
 
 
 class HFStudentConfig(HFConfig):
@@ -22,6 +24,28 @@ class HFStudentConfig(HFConfig):
         "auto", description="Mixed precision for forward passes; auto is bfloat16 on CUDA, none on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class PolicyLogprobs(torch.nn.Module):
+    """The differentiable forward of training as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: torch.nn.Module, logprob_chunk: int) -> None:
+        super().__init__()
+        self.model, self.logprob_chunk = model, logprob_chunk
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        prompt_width: int,
+        mask: torch.Tensor,
+        query_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        packed = Packed(input_ids, attention_mask, position_ids, prompt_width)
+        hidden = response_hidden(self.model, packed, mask.shape[1])
+        query_lp, _, _ = gather_logprobs(self.model, hidden, mask, query_ids, self.logprob_chunk)
+        return query_lp
 
 
 class HFStudent:
@@ -37,6 +61,19 @@ class HFStudent:
         self.eos_ids = eos_ids(self.model, self.tokenizer)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        self.policy: torch.nn.Module = PolicyLogprobs(self.model, config.logprob_chunk)
+
+    def distribute(self, world: World) -> None:
+        """Average gradients across the training processes (DistributedDataParallel)."""
+        if world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.policy = torch.nn.parallel.DistributedDataParallel(self.policy, device_ids=ids)
+
+    def gradient_sync(self, enabled: bool) -> AbstractContextManager:
+        """Skip the gradient all-reduce for all but the last micro-batch of a step."""
+        if enabled or not isinstance(self.policy, torch.nn.parallel.DistributedDataParallel):
+            return nullcontext()
+        return self.policy.no_sync()
 
     @staticmethod
     def load_tokenizer(config: HFStudentConfig) -> PreTrainedTokenizerBase:
@@ -66,12 +103,10 @@ class HFStudent:
         # transformers' gradient checkpointing only runs in train mode.
         self.model.train(self.config.gradient_checkpointing)
         width = rollouts.response_ids.shape[1]
+        p = pack(rollouts, self.tokenizer.pad_token_id, self.device)
+        mask, query = rollouts.mask.to(self.device), query_ids[:, :width].to(self.device)
         with self._autocast():
-            hidden = response_hidden(self.model, pack(rollouts, self.tokenizer.pad_token_id, self.device), width)
-            query_lp, _, _ = gather_logprobs(
-                self.model, hidden, rollouts.mask.to(self.device), query_ids[:, :width], self.config.logprob_chunk
-            )
-        return query_lp
+            return self.policy(p.input_ids, p.attention_mask, p.position_ids, p.prompt_width, mask, query)
 
     def save(self, directory: str) -> None:
         self.model.save_pretrained(directory)

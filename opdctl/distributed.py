@@ -1,0 +1,88 @@
+"""Data-parallel training over torch.distributed: which process does what, and how results meet.
+
+Launch with ``torchrun --nproc_per_node N -m opdctl train ...`` (or ``accelerate
+launch``, which starts torchrun): every process generates, scores and trains on its
+share of each step's rollouts; gradients are averaged by DistributedDataParallel;
+process 0 writes metrics, traces and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from opdctl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def share(self, total: int) -> tuple[int, int]:
+        """This process's contiguous [start, end) of ``total`` rows (``total`` divisible by the size)."""
+        if total % self.size:
+            raise ConfigError(
+                f"the {total} rollouts of a step (optim.prompts_per_step x rollout.n) do not divide among "
+                f"{self.size} processes: make them a multiple of {self.size}"
+            )
+        part = total // self.size
+        return self.rank * part, (self.rank + 1) * part
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order, on every process."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def sum(self, value: float) -> float:
+        return sum(self.gather(value)) if self.distributed else value
+
+    def broadcast(self, value: Any) -> Any:
+        """Process 0's ``value`` on every process."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def setup_world() -> World:
+    """Join the process group that torchrun (or accelerate launch) described in the environment."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return World(rank=rank, size=size, local_rank=local_rank)
+
+
+def device_for(world: World, requested: str) -> str:
+    """``auto`` on a multi-GPU launch means this process's own GPU."""
+    if requested == "auto" and world.distributed and torch.cuda.is_available():
+        return f"cuda:{world.local_rank}"
+    return requested

@@ -1,0 +1,114 @@
+"""What one training step produced, per rollout and per token: the stuff of metrics and traces.
+
+Each training process builds the outcome of its own rollouts; outcomes are joined
+(:meth:`StepOutcome.join`) so that metrics and traces describe the whole step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from opdctl.backends import FINISH_REASONS, Rollouts, TeacherScores
+from opdctl.drift import first_bad_position
+from opdctl.losses import reverse_kl_estimate
+
+if TYPE_CHECKING:
+    from opdctl.trainer import StepDrift
+
+
+@dataclass
+class StepOutcome:
+    prompt_ids: list[list[int]]
+    finish_reasons: list[str]
+    lengths: torch.Tensor  # [B] kept response tokens
+    generated: torch.Tensor  # [B] tokens generated and scored, cut tails included
+    effective_length: torch.Tensor  # [B]
+    response_ids: torch.Tensor  # [B, T]
+    overlap: torch.Tensor  # [B, T] the paper's o_t
+    signal: torch.Tensor  # [B, T] the configured metric
+    bad: torch.Tensor  # [B, T] bool
+    weight: torch.Tensor  # [B, T] w_t
+    loss_weight: torch.Tensor  # [B, T] m_t
+    teacher_logprob: torch.Tensor  # [B, T] of the sampled token
+    student_logprob: torch.Tensor  # [B, T] of the sampled token, from the training forward pass
+    teacher_top1: torch.Tensor  # [B, T]
+    student_top1: torch.Tensor  # [B, T]
+
+    @classmethod
+    def of(
+        cls,
+        rollouts: Rollouts,
+        scores: TeacherScores,
+        measured: StepDrift,
+        student_logprob: torch.Tensor,
+        generated: torch.Tensor,
+    ) -> StepOutcome:
+        return cls(
+            prompt_ids=rollouts.prompt_ids,
+            finish_reasons=rollouts.finish_reasons,
+            lengths=rollouts.lengths.cpu(),
+            generated=generated.cpu(),
+            effective_length=measured.weights.effective_length.cpu(),
+            response_ids=rollouts.response_ids.cpu(),
+            overlap=measured.overlap.cpu(),
+            signal=measured.signal.cpu(),
+            bad=measured.bad.cpu(),
+            weight=measured.weights.weight.cpu(),
+            loss_weight=measured.weights.loss_weight.cpu(),
+            teacher_logprob=scores.query_logprobs[..., -1].cpu(),
+            student_logprob=student_logprob.cpu(),
+            teacher_top1=scores.topk_ids[..., 0].cpu(),
+            student_top1=rollouts.topk_ids[..., 0].cpu(),
+        )
+
+    @classmethod
+    def join(cls, parts: list[StepOutcome]) -> StepOutcome:
+        """The outcomes of several processes as one, rows in process order, right-padded."""
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.response_ids.shape[1] for p in parts)
+        joined: dict[str, Any] = {}
+        for f in fields(cls):
+            values = [getattr(p, f.name) for p in parts]
+            if isinstance(values[0], list):
+                joined[f.name] = [item for value in values for item in value]
+            elif values[0].dim() == 1:
+                joined[f.name] = torch.cat(values)
+            else:
+                joined[f.name] = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in values])
+        return cls(**joined)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return torch.arange(self.response_ids.shape[1]).unsqueeze(0) < self.lengths.unsqueeze(1)
+
+    @property
+    def first_bad(self) -> torch.Tensor:
+        return first_bad_position(self.bad)
+
+    def metrics(self, max_len: int) -> dict[str, Any]:
+        """The step's drift, length and token statistics over all its rollouts."""
+        mask = self.mask
+        tokens = int(mask.sum())
+        stopped = torch.tensor([reason == "drift" for reason in self.finish_reasons])
+        return {
+            "overlap": _mean(self.overlap, mask),
+            "bad_event_rate": _mean(self.bad.float(), mask),
+            "weight": _mean(self.weight, mask),
+            "reverse_kl": reverse_kl_estimate(self.student_logprob, self.teacher_logprob, mask),
+            "effective_length": float(self.effective_length.float().mean()),
+            "response_length": tokens / len(self.finish_reasons),
+            "tokens_generated": int(self.generated.sum()),
+            "tokens_scored": int(self.generated.sum()),
+            "tokens_trained": int(((self.loss_weight > 0) & mask).sum()),
+            "tokens_not_generated": int((max_len - self.generated)[stopped].sum()) if stopped.any() else 0,
+            **{f"finish_{reason}": self.finish_reasons.count(reason) for reason in FINISH_REASONS},
+        }
+
+
+def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    count = int(mask.sum())
+    return float((values * mask).sum() / count) if count else 0.0
