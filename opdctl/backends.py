@@ -118,12 +118,14 @@ class TeacherScores:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to generate: temperature 0 is greedy; ``record_topk`` ids per position are kept."""
+    """How to generate: temperature 0 is greedy; ``top_p`` < 1 samples from the nucleus;
+    ``record_topk`` ids per position are kept."""
 
     max_new_tokens: int
     temperature: float = 1.0
     record_topk: int = 0
     seed: int = 0
+    top_p: float = 1.0
 
 
 class Teacher(Protocol):

@@ -111,7 +111,7 @@ def sample(
     next_position = position_ids[:, -1] + 1
     for step in range(limit):
         logits = out.logits[:, -1].float()
-        token = _choose(logits, sampling.temperature, generator, batch, live)
+        token = _choose(logits, sampling.temperature, sampling.top_p, generator, batch, live)
         record.add(step, live, token, torch.log_softmax(logits, dim=-1))
         done = torch.isin(token, eos)
         finish(live[done], "eos")
@@ -142,11 +142,25 @@ def _cache_keyword(model: torch.nn.Module) -> str:
 
 
 def _choose(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator, batch: int, live: torch.Tensor
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator, batch: int, live: torch.Tensor
 ) -> torch.Tensor:
-    """Greedy at temperature 0, else a Gumbel-max sample from softmax(logits / temperature)."""
+    """Greedy at temperature 0, else a Gumbel-max sample from softmax(logits / temperature) within its top-p nucleus.
+
+    The noise is drawn for every original row whatever the nucleus, so each row's draw stays independent of the others.
+    """
     if temperature == 0:
         return logits.argmax(-1)
     uniform = torch.rand((batch, logits.shape[-1]), generator=generator, device=logits.device)[live]
     gumbel = -torch.log(-torch.log(uniform))
-    return (logits / temperature + gumbel).argmax(-1)
+    scaled = logits / temperature
+    if top_p < 1:
+        scaled = _nucleus(scaled, top_p)
+    return (scaled + gumbel).argmax(-1)
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` with every token outside the smallest set whose probability reaches ``top_p`` set to -inf."""
+    ordered, order = logits.sort(dim=-1, descending=True)
+    probs = ordered.softmax(-1)
+    outside = probs.cumsum(-1) - probs >= top_p  # the tokens ranked above already reach top_p
+    return logits.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
