@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import FinishedCallback, Rollouts, Sampling
 
-from .loading import HFConfig, eos_ids, load_model, load_tokenizer
+from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import gather_logprobs, pack, response_hidden
 
@@ -67,6 +67,10 @@ class HFStudent:
                 self.model, hidden, rollouts.mask.to(self.device), query_ids[:, :width], self.config.logprob_chunk
             )
         return query_lp
+
+    def context_length(self) -> int | None:
+        """Prompt plus response tokens the model takes (used to cap evaluation lengths)."""
+        return context_length(self.model)
 
     def save(self, directory: str) -> None:
         self.model.save_pretrained(directory)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Rollouts, TeacherScores
+from opdctl.backends import Rollouts, Sampling, TeacherScores
 from opdctl.config import BackendConfig
 from opdctl.errors import BackendError
 
@@ -135,6 +135,33 @@ class VLLMTeacher:
 
     def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
         return self.submit(rollouts, query_ids, top_k).result()
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        """Let the served model answer prompts itself (used to evaluate it).
+
+        One request per prompt, ``max_concurrency`` in flight; prompt i is sampled with
+        seed ``sampling.seed + i``, so its answer does not depend on the other prompts.
+        No top-k or log-probs are recorded.
+        """
+        if sampling.record_topk:
+            raise BackendError("the vllm backend generates without recording the top-k: set record_topk=0")
+        futures = [
+            self.server.submit_completion(prompt, replace(sampling, seed=(sampling.seed + row) % 2**31))
+            for row, prompt in enumerate(prompts)
+        ]
+        try:
+            completions = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return Rollouts.from_responses(
+            prompts, [c.token_ids for c in completions], [c.finish_reason for c in completions]
+        )
+
+    def context_length(self) -> int | None:
+        """The served model's context length; an error if the server is down or does not serve the model."""
+        return self.server.context_length()
 
     def close(self) -> None:
         self.server.close()
