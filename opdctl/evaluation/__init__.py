@@ -1,1 +1,4 @@
 """Benchmark evaluation: loading problems, generating answers, grading, and metrics."""
+
+PAPER_SAMPLES = 16  # the paper reports Avg@16
+PAPER_MAX_NEW_TOKENS = 31744  # the paper's evaluation response limit
