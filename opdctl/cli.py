@@ -67,9 +67,11 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user as ours, in one line
+    hub_logging.set_verbosity_error()  # no retry chatter
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 

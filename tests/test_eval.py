@@ -207,6 +207,7 @@ def test_data_files_pair_with_benchmark_names(tmp_path):
     [
         (["nope"], None, Fields(), ["unknown benchmark 'nope'", "aime24", ".jsonl"]),
         (["aime"], "missing", Fields(), ["data file not found", ".jsonl"]),
+        (["aime24"], "broken", Fields(), ["cannot be read (JSON parse error", "problem and answer fields"]),
         (["aime24"], [{"text": "q", "answer": "1"}], Fields(), ["no problem column", "problem, question", "text"]),
         (["aime24"], [{"problem": "q", "sol": "1"}], Fields(), ["no answer column", "answer", "--answer-field"]),
         (["aime24"], [{"q": "x", "a": "1"}], Fields(problem="q", answer="b"), ["no answer column 'b'", "q, a"]),
@@ -219,7 +220,9 @@ def test_bad_benchmark_input_is_one_clear_error(tmp_path, names, content, fields
     data = []
     if content is not None:
         path = tmp_path / "bench.jsonl"
-        if content != "missing":
+        if content == "broken":
+            path.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2", answer: 4}\n')
+        elif content != "missing":
             write_jsonl(path, content)
         data = [path]
     with pytest.raises(DataError) as caught:

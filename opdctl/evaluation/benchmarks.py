@@ -180,14 +180,37 @@ def _load(name: str, source: Path | None, fields: Fields, template: str | None, 
         return Benchmark(benchmark.name, benchmark.problems, template or "{problem}", benchmark.source)
     if source is None:
         hub = HUB[name]
-        rows = load_rows(hub.dataset, hub.split)
         fields = Fields(fields.problem or hub.problem, fields.answer or hub.answer, fields.id)
-        where = f"{hub.dataset} ({hub.split})"
-    else:
-        rows = load_rows(str(source))
-        where = str(source)
+    rows, where = _rows(name, source)
     problems = _problems(rows, where, name, fields)[:limit]
     return Benchmark(name, problems, template or MATH_TEMPLATE, where)
+
+
+def _rows(name: str, source: Path | None) -> tuple[list[dict[str, Any]], str]:
+    """The rows of a benchmark file, or of its hub dataset, and where they came from."""
+    if source is not None:
+        try:
+            return load_rows(str(source)), str(source)
+        except DataError as exc:
+            if exc.__cause__ is None:  # missing, empty, unsupported: already says what to do
+                raise
+            raise DataError(
+                f"{source} cannot be read ({_root_cause(exc)}): a benchmark file holds one row per problem "
+                "with problem and answer fields"
+            ) from exc
+    hub = HUB[name]
+    try:
+        return load_rows(hub.dataset, hub.split), f"{hub.dataset} ({hub.split})"
+    except DataError as exc:
+        raise DataError(f"{exc}; without hub access, give the {name} file with --data") from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost explicit cause (what the parser said)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _problems(rows: list[dict[str, Any]], where: str, name: str, fields: Fields) -> list[Problem]:
