@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -97,10 +98,12 @@ def eval_table(title: str, scores: list[BenchmarkScore], total: BenchmarkScore, 
     """Per-benchmark metrics and their unweighted mean: avg@n, pass@k, maj@n, lengths, truncation."""
     ks = sorted(total.pass_at)
     context = any(s.over_context for s in scores)
-    table = Table(title=title, header_style="bold")
-    headers = ["benchmark", "problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "mean length", "truncated"]
-    for header in [*headers, *(["over context"] if context else [])]:
-        table.add_column(header, justify="left" if header == "benchmark" else "right")
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=0)
+    names = [s.name for s in [*scores, total]]
+    table.add_column("benchmark", no_wrap=True, min_width=max(map(len, names)))
+    headers = ["problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "length", "truncated"]
+    for header in [*headers, *(["no room"] if context else [])]:
+        table.add_column(header, justify="right", no_wrap=True)
     for row, score in enumerate([*scores, total]):
         cells = [
             score.name,
