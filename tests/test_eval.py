@@ -69,6 +69,7 @@ def sorted_responses(output: Path) -> list[dict]:
         ),
         ("3\\sqrt{13}", "\\boxed{\\sqrt{117}}"),
         ("7", "first \\boxed{3}, then on reflection \\boxed{7}"),  # the last \boxed counts
+        ("so $x = 12$, hence \\boxed{12}.", "\\boxed{12}"),  # a worked solution as the reference
     ],
 )
 def test_equivalent_answers_are_correct(gold, response):
@@ -182,6 +183,9 @@ def test_files_in_every_format_with_usual_or_named_columns(tmp_path):
         assert bench.prompt(bench.problems[0]) == MATH_TEMPLATE.format(problem="1+1?")
     (named,) = load_benchmarks([], [jsonl], Fields(problem="uid", answer="question"))
     assert named.problems[0].problem == "q1" and named.problems[0].id == "a-0"
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "x?", "solution": "so \\boxed{5}", "final_answer": [5]}])
+    (unseen,) = load_benchmarks([], [other])
+    assert (unseen.problems[0].problem, unseen.problems[0].answer) == ("x?", "5")
 
 
 def test_data_files_pair_with_benchmark_names(tmp_path):

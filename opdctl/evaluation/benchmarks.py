@@ -13,8 +13,8 @@ from opdctl.errors import DataError
 
 SYNTHETIC = "synthetic"
 MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-PROBLEM_FIELDS = ("problem", "question", "Problem", "Question")
-ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer", "gold")
+PROBLEM_FIELDS = ("problem", "question", "Problem", "Question", "prompt", "input")
+ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer", "gold", "ground_truth", "target", "solution")
 ID_FIELDS = ("id", "unique_id", "problem_idx", "problem_id", "ID")
 
 
@@ -258,7 +258,9 @@ def _column(chosen: str | None, usual: tuple[str, ...], columns: list[str], wher
 
 
 def _answer_text(value: Any) -> str:
-    """A reference answer as text (hub sets store some as numbers: 27.0 becomes 27)."""
+    """A reference answer as text: numbers as written (27.0 becomes 27), a list as its items joined by commas."""
+    if isinstance(value, list):
+        return ", ".join(_answer_text(item) for item in value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
