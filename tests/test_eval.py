@@ -379,6 +379,17 @@ def test_eval_through_a_vllm_server(served_model, vllm_server, tmp_path):
     assert any(len({r["response"] for r in one if r["problem_id"] == p}) > 1 for p in {r["problem_id"] for r in one})
 
 
+def test_a_served_teacher_is_evaluated_during_training(tiny_models, served_model, vllm_server, tmp_path):
+    teacher = {"backend": "vllm", "model": "teacher", "base_url": vllm_server.url}
+    evaluation = {"bench": ["synthetic"], "max_problems": 8, "max_new_tokens": 120, "teacher": True}
+    config = tiny_config(tiny_models, tmp_path / "run", eval=evaluation, optim={"steps": 1})
+    config["teacher"] = teacher
+    result = run_cli("train", "-c", write_config(tmp_path / "c.yaml", config))
+    assert result.exit_code == 0, result.output
+    teacher_eval = next(r for r in read_metrics(tmp_path / "run") if r.get("when") == "teacher")
+    assert teacher_eval["samples"] == 8 and teacher_eval["accuracy"] > 0  # the served model learned the task a bit
+
+
 # errors ----------------------------------------------------------------------
 
 
