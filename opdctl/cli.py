@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from opdctl.errors import ConfigError, OpdctlError
-from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES
+from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
 
 app = typer.Typer(
     help="Drift-aware on-policy distillation (Prune-OPD) of reasoning language models.",
@@ -177,8 +177,8 @@ def eval_command(
         str | None, typer.Option(help="With --base-url: the model's tokenizer (default: --model).")
     ] = None,
     samples: Annotated[int, typer.Option("-n", "--samples", min=1, help="Samples per problem.")] = PAPER_SAMPLES,
-    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy.")] = 0.6,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling (above 0).")] = 0.95,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 is greedy.")] = TEMPERATURE,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling (above 0).")] = TOP_P,
     max_new_tokens: Annotated[
         int, typer.Option(min=1, help="Response limit (capped by the model's context).")
     ] = PAPER_MAX_NEW_TOKENS,
@@ -265,7 +265,7 @@ def eval_command(
             result = run_eval(request)
         title = f"opdctl eval {model or served_model}  (n={samples}, temperature {temperature:g}, top-p {top_p:g})"
         stdout.print(eval_table(title, result.scores, result.overall, result.n))
-        console.print(f"[bold]responses and summary[/bold] {result.output}", highlight=False)
+        console.print(f"[bold]responses and summary[/bold] {result.output} ({result.seconds:.0f} s)", highlight=False)
 
     _run(debug, action)
 

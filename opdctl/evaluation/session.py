@@ -16,7 +16,7 @@ from opdctl.backends import backend_class
 from opdctl.config import format_validation_error
 from opdctl.demo import DEMO_PREFIX, resolve_model
 from opdctl.errors import BackendError, ConfigError, RunError
-from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES
+from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
 from opdctl.evaluation.benchmarks import Benchmark, Fields, load_benchmarks
 from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.metrics import BenchmarkScore, overall, score
@@ -38,8 +38,8 @@ class EvalRequest:
     served_model: str | None = None
     tokenizer: str | None = None
     n: int = PAPER_SAMPLES
-    temperature: float = 0.6
-    top_p: float = 0.95
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS
     seed: int = 0
     pass_k: list[int] = field(default_factory=list)
@@ -63,7 +63,6 @@ class EvalResult:
     overall: BenchmarkScore
     n: int
     seconds: float
-    resumed: int  # rows found done in the output directory
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,9 @@ def run_eval(request: EvalRequest) -> EvalResult:
             request.n, request.temperature, request.top_p, request.max_new_tokens, request.seed, request.chat_template
         )
         out = EvalDir.open(request.output or default_output(ref.label), _settings(request, ref, settings, benchmarks))
-        reporter().message(f"results in {out.path}")
         previous = out.rows()
+        resuming = f"; {len(previous)} responses already there" if previous else ""
+        reporter().message(f"results in {out.path} (rerun with --output {out.path} to resume){resuming}")
         with Grader(request.grade_workers, request.grade_timeout) as grader:
             scores = [
                 _run_benchmark(generator, tokenizer, benchmark, settings, grader, request, out, previous)
@@ -106,7 +106,7 @@ def run_eval(request: EvalRequest) -> EvalResult:
     total = overall(scores)
     seconds = time.perf_counter() - started
     out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
-    return EvalResult(out.path, scores, total, request.n, seconds, len(previous))
+    return EvalResult(out.path, scores, total, request.n, seconds)
 
 
 def _run_benchmark(
