@@ -186,6 +186,8 @@ def test_files_in_every_format_with_usual_or_named_columns(tmp_path):
     other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "x?", "solution": "so \\boxed{5}", "final_answer": [5]}])
     (unseen,) = load_benchmarks([], [other])
     assert (unseen.problems[0].problem, unseen.problems[0].answer) == ("x?", "5")
+    repeated = write_jsonl(tmp_path / "repeated.jsonl", [{"problem": "x", "answer": "1", "id": "AMC"}] * 2)
+    assert [p.id for p in load_benchmarks([], [repeated])[0].problems] == ["repeated-0", "repeated-1"]
 
 
 def test_data_files_pair_with_benchmark_names(tmp_path):
@@ -216,7 +218,7 @@ def test_data_files_pair_with_benchmark_names(tmp_path):
         (["aime24"], [{"problem": "q", "sol": "1"}], Fields(), ["no answer column", "answer", "--answer-field"]),
         (["aime24"], [{"q": "x", "a": "1"}], Fields(problem="q", answer="b"), ["no answer column 'b'", "q, a"]),
         (["aime24"], [{"problem": "q", "answer": None}], Fields(), ["row 0", "non-empty 'problem'", "'answer'"]),
-        (["aime24"], [{"problem": "q", "answer": "1", "id": 1}] * 2, Fields(), ["repeats ids", "--id-field"]),
+        (["aime24"], [{"problem": "q", "answer": "1", "n": 1}] * 2, Fields(id="n"), ["'n' repeats ids", "--id-field"]),
         (["aime24", "aime"], [{"problem": "q", "answer": "1"}], Fields(), ["file(s) for 3 benchmark(s)"]),
     ],
 )
@@ -413,7 +415,7 @@ def test_a_served_teacher_is_evaluated_during_training(tiny_models, served_model
     ],
 )
 def test_bad_eval_input_is_one_line(tiny_models, tmp_path, args, fragments):
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "1+1", "solution": "2"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "1+1", "sol": "2"}])
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\n")

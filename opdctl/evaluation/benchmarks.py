@@ -220,9 +220,8 @@ def _problems(rows: list[dict[str, Any]], where: str, name: str, fields: Fields)
     columns = list(rows[0])
     problem = _column(fields.problem, PROBLEM_FIELDS, columns, where, "problem")
     answer = _column(fields.answer, ANSWER_FIELDS, columns, where, "answer")
-    ident = fields.id or next((c for c in ID_FIELDS if c in columns), None)
-    if ident is not None and ident not in columns:
-        raise DataError(f"{where} has no column {ident!r} (columns: {', '.join(columns)}): fix --id-field")
+    if fields.id is not None and fields.id not in columns:
+        raise DataError(f"{where} has no id column {fields.id!r} (columns: {', '.join(columns)}): fix --id-field")
     problems = []
     for index, row in enumerate(rows):
         text, gold = row.get(problem), row.get(answer)
@@ -231,13 +230,21 @@ def _problems(rows: list[dict[str, Any]], where: str, name: str, fields: Fields)
                 f"{where} row {index}: needs a non-empty {problem!r} (the problem text) and {answer!r} "
                 "(the reference answer)"
             )
-        key = f"{name}-{index}" if ident is None else str(row[ident])
-        problems.append(Problem(key, text, _answer_text(gold)))
-    repeated = len(problems) - len({p.id for p in problems})
-    if repeated:
-        raise DataError(
-            f"{where}: column {ident!r} repeats ids ({repeated} duplicates): name a unique column with --id-field"
-        )
+        problems.append(Problem(f"{name}-{index}", text, _answer_text(gold)))
+    return _with_ids(problems, rows, fields.id, columns, where)
+
+
+def _with_ids(
+    problems: list[Problem], rows: list[dict[str, Any]], chosen: str | None, columns: list[str], where: str
+) -> list[Problem]:
+    """Ids from ``chosen``, else from the first usual id column whose values are unique, else row numbers."""
+    candidates = [chosen] if chosen else [c for c in ID_FIELDS if c in columns]
+    for column in candidates:
+        ids = [str(row[column]) for row in rows]
+        if len(set(ids)) == len(ids):
+            return [Problem(i, p.problem, p.answer) for i, p in zip(ids, problems, strict=True)]
+        if chosen:
+            raise DataError(f"{where}: column {chosen!r} repeats ids: name a unique column with --id-field")
     return problems
 
 
