@@ -73,6 +73,25 @@ class Rollouts:
             finish_reasons=[self.finish_reasons[i] for i in rows],
         )
 
+    @classmethod
+    def from_responses(
+        cls, prompt_ids: list[list[int]], responses: list[list[int]], finish_reasons: list[str]
+    ) -> Rollouts:
+        """Rollouts of generated token ids alone, with no top-k or log-probs recorded (all zero)."""
+        width = max((len(r) for r in responses), default=0)
+        response_ids = torch.zeros((len(responses), width), dtype=torch.long)
+        for row, response in enumerate(responses):
+            response_ids[row, : len(response)] = torch.tensor(response, dtype=torch.long)
+        return cls(
+            prompt_ids=[list(p) for p in prompt_ids],
+            response_ids=response_ids,
+            lengths=torch.tensor([len(r) for r in responses], dtype=torch.long),
+            topk_ids=torch.zeros((len(responses), width, 0), dtype=torch.long),
+            topk_logprobs=torch.zeros((len(responses), width, 0)),
+            sampled_logprobs=torch.zeros((len(responses), width)),
+            finish_reasons=list(finish_reasons),
+        )
+
     def responses(self) -> list[list[int]]:
         """Each response's token ids, without padding."""
         return [row[:n].tolist() for row, n in zip(self.response_ids, self.lengths.tolist(), strict=True)]
@@ -142,7 +161,8 @@ class TeacherScores:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to generate: temperature 0 is greedy; ``record_topk`` ids per position are kept.
+    """How to generate: temperature 0 is greedy; ``top_p`` < 1 samples from the nucleus;
+    ``record_topk`` ids per position are kept.
 
     A process that generates rows ``[row_offset, row_offset + len(prompts))`` of a
     larger batch of ``batch_rows`` samples them exactly as one process generating the
@@ -153,6 +173,7 @@ class Sampling:
     temperature: float = 1.0
     record_topk: int = 0
     seed: int = 0
+    top_p: float = 1.0
     batch_rows: int | None = None
     row_offset: int = 0
 

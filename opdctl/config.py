@@ -147,13 +147,27 @@ class OutputConfig(Section):
 class EvalConfig(Section):
     """Held-out evaluation during training, logged to metrics.jsonl."""
 
-    bench: list[str] = Field(default_factory=list, description="Benchmarks to evaluate; empty disables.")
+    bench: list[str] = Field(
+        default_factory=list,
+        description="Benchmarks to evaluate (see docs/eval.md: synthetic, aime, aime24, amc23, ... or a "
+        ".jsonl/.json/.parquet file with problem and answer columns); empty disables.",
+    )
     every: int = Field(0, ge=0, description="Also evaluate every N steps; 0 evaluates only before and after.")
     n: int = Field(1, ge=1, description="Samples per problem.")
     temperature: float = Field(0.0, ge=0, allow_inf_nan=False, description="0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling; 1 samples from all.")
+    pass_k: list[int] = Field(
+        default_factory=list, description="Also log unbiased pass@k for these k (each <= eval.n), e.g. [1, 4]."
+    )
     max_new_tokens: int | None = Field(None, ge=1, description="null means rollout.max_new_tokens.")
     max_problems: int | None = Field(None, ge=1, description="Evaluate only the first N problems.")
-    teacher: bool = Field(False, description="Also evaluate the teacher once, before training (local teachers).")
+    teacher: bool = Field(False, description="Also evaluate the teacher once, before training (if it can generate).")
+
+    @model_validator(mode="after")
+    def _check_pass_k(self) -> EvalConfig:
+        for k in self.pass_k:
+            _require(1 <= k <= self.n, "eval.pass_k", self.pass_k, f"between 1 and eval.n ({self.n})")
+        return self
 
 
 class Config(Section):

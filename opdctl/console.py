@@ -8,9 +8,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from opdctl.evaluation.metrics import BenchmarkScore
 
 PIPED_WIDTH = 160  # wide enough for our tables when output goes to a file or a CI log
 
@@ -35,6 +38,10 @@ class RichReporter:
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A progress bar; inside another task's bar it becomes a second line of the same display."""
+        if self.progress is not None:
+            yield from self._add_task(self.progress, description, total, transient=True)
+            return
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -46,16 +53,26 @@ class RichReporter:
             console=console,
             transient=False,
         )
-        outer, self.progress = self.progress, progress
-        with progress:
-            task_id = progress.add_task(description, total=total, info="")
+        self.progress = progress
+        try:
+            with progress:
+                yield from self._add_task(progress, description, total, transient=False)
+        finally:
+            self.progress = None
 
-            def advance(n: int = 1, **fields: Any) -> None:
-                info = "  ".join(f"{k} {v}" for k, v in fields.items())
-                progress.update(task_id, advance=n, info=info)
+    @staticmethod
+    def _add_task(progress: Progress, description: str, total: int, transient: bool) -> Iterator[Callable[..., None]]:
+        task_id = progress.add_task(description, total=total, info="")
 
+        def advance(n: int = 1, **fields: Any) -> None:
+            info = "  ".join(f"{k} {v}" for k, v in fields.items())
+            progress.update(task_id, advance=n, info=info)
+
+        try:
             yield advance
-        self.progress = outer
+        finally:
+            if transient:
+                progress.remove_task(task_id)
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
@@ -85,3 +102,28 @@ def _pct(value: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def eval_table(title: str, scores: list[BenchmarkScore], total: BenchmarkScore, n: int) -> Table:
+    """Per-benchmark metrics and their unweighted mean: avg@n, pass@k, maj@n, lengths, truncation."""
+    ks = sorted(total.pass_at)
+    context = any(s.over_context for s in scores)
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=0)
+    names = [s.name for s in [*scores, total]]
+    table.add_column("benchmark", no_wrap=True, min_width=max(map(len, names)))
+    headers = ["problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "length", "truncated"]
+    for header in [*headers, *(["no room"] if context else [])]:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row, score in enumerate([*scores, total]):
+        cells = [
+            score.name,
+            str(score.problems),
+            _pct(score.accuracy),
+            *(_pct(score.pass_at[k]) for k in ks),
+            _pct(score.majority),
+            _num(score.mean_length),
+            _pct(score.truncated),
+            *([_pct(score.over_context)] if context else []),
+        ]
+        table.add_row(*cells, end_section=row == len(scores) - 1, style="bold" if row == len(scores) else None)
+    return table

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from opdctl.config import BackendConfig, Config, resolve_run_dir, validate
 from opdctl.data import PromptSampler, PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
 from opdctl.errors import BackendError, ConfigError, RunError
-from opdctl.evaluation.benchmarks import SYNTHETIC, synthetic
-from opdctl.evaluation.runner import evaluate
+from opdctl.evaluation.benchmarks import Benchmark, load_benchmarks
+from opdctl.evaluation.grading import Grader
+from opdctl.evaluation.runner import Settings, evaluate
 from opdctl.monitor import DriftMonitor
 from opdctl.outcome import StepOutcome
 from opdctl.progress import reporter
@@ -147,8 +149,10 @@ class Trainer:
         teacher: Teacher,
         prompts: PromptSet,
         world: World | None = None,
+        benchmarks: list[Benchmark] | None = None,
     ) -> None:
         self.config, self.run, self.student, self.teacher, self.prompts = config, run, student, teacher, prompts
+        self.benchmarks = benchmarks or []
         self.world = world or World()
         self.world.share(config.optim.prompts_per_step * config.rollout.n)  # refuse an uneven split early
         student.distribute(self.world)
@@ -240,7 +244,12 @@ class Trainer:
         start, end = world.share(len(prompts))
         max_len = self.budget.current_len if cfg.budget.enable else cfg.rollout.max_new_tokens
         sampling = Sampling(
-            max_len, cfg.rollout.temperature, cfg.loss.k, _step_seed(cfg.seed, step), len(prompts), row_offset=start
+            max_len,
+            cfg.rollout.temperature,
+            record_topk=cfg.loss.k,
+            seed=_step_seed(cfg.seed, step),
+            batch_rows=len(prompts),
+            row_offset=start,
         )
 
         t0 = _now(self.student.device)
@@ -395,25 +404,24 @@ class Trainer:
 
     def _evaluate(self, when: str) -> None:
         """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
+        if not self.benchmarks:
+            return
         cfg = self.config.eval
         models: list[tuple[str, Any]] = [(when, self.student)]
         if cfg.teacher and when == "before" and hasattr(self.teacher, "generate"):
             models.append(("teacher", self.teacher))
-        for name in cfg.bench:
-            if name != SYNTHETIC:
-                raise ConfigError(f"eval.bench: unknown benchmark {name!r} (available during training: {SYNTHETIC})")
-            for label, model in models:
-                score = evaluate(
-                    model,
-                    synthetic(cfg.max_problems),
-                    n=cfg.n,
-                    temperature=cfg.temperature,
-                    max_new_tokens=cfg.max_new_tokens or self.config.rollout.max_new_tokens,
-                    seed=self.config.seed,
-                )
-                self.run.append_metrics({"step": self.step, "eval": name, "when": label, **score.to_dict()})
-                who = "teacher" if label == "teacher" else f"student ({label})"
-                reporter().message(f"{name}: {who} accuracy {score.accuracy:.1%} at step {self.step}")
+        limit = cfg.max_new_tokens or self.config.rollout.max_new_tokens
+        settings = Settings(cfg.n, cfg.temperature, cfg.top_p, limit, self.config.seed, self.config.data.chat_template)
+        with Grader(workers=min(4, os.cpu_count() or 1)) as grader:
+            for benchmark in self.benchmarks:
+                for label, model in models:
+                    score = evaluate(
+                        model, self.student.tokenizer, benchmark, settings, grader, batch_size=256, pass_k=cfg.pass_k
+                    )
+                    record = {"step": self.step, "eval": benchmark.name, "when": label, **score.to_dict()}
+                    self.run.append_metrics(record)
+                    who = "teacher" if label == "teacher" else f"student ({label})"
+                    reporter().message(f"{benchmark.name}: {who} accuracy {score.accuracy:.1%} at step {self.step}")
 
     def summarize(self) -> dict[str, Any]:
         records = self.run.read_metrics()
@@ -466,13 +474,14 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
     student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None, world=world)
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)
+    benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
     config.output.dir = str(path)
     if world.main:
         run = RunDir.create(path, config.to_yaml()) if run is None else run
         run.write_config(config.to_yaml())
     world.barrier()
     run = run or RunDir.open(path)
-    trainer = Trainer(config, run, student, teacher, prompts, world)
+    trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)
     if latest is not None:
         trainer.restore(latest[1])
         reporter().message(f"Resuming {run.path} from step {trainer.step}")

@@ -8,6 +8,7 @@ from opdctl.backends import Sampling, backend_class, installed
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.errors import BackendError
 from opdctl_hf import HFStudent, HFTeacher
+from opdctl_hf.sampling import _choose, _nucleus
 
 from .conftest import save_tiny_model
 
@@ -131,3 +132,33 @@ def test_tokenizer_mismatch_is_explained(tmp_path, backends):
 def test_missing_model_directory(tmp_path):
     with pytest.raises(BackendError, match=r"student.model=.*no Hugging Face model at"):
         HFStudent(HFStudent.Config(model=str(tmp_path / "missing")))
+
+
+def test_top_p_keeps_the_smallest_nucleus_that_reaches_p():
+    logits = torch.log(torch.tensor([[0.1, 0.5, 0.05, 0.3, 0.05], [0.96, 0.01, 0.01, 0.01, 0.01]]))
+    kept = torch.isfinite(_nucleus(logits, 0.75))
+    assert kept.tolist() == [[False, True, False, True, False], [True, False, False, False, False]]
+    assert torch.isfinite(_nucleus(logits, 0.85)).tolist()[0] == [True, True, False, True, False]
+
+
+def test_top_p_samples_only_from_the_nucleus_and_keeps_rows_independent():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(3, 1)
+    drawn = set()
+    for seed in range(200):
+        generator = torch.Generator().manual_seed(seed)
+        nucleus = Sampling(max_new_tokens=1, temperature=1.0, top_p=0.7)
+        tokens = _choose(logits, nucleus, generator, 3, torch.arange(3))
+        drawn.update(tokens.tolist())
+        # the same seed with row 1 already finished: rows 0 and 2 draw exactly the same tokens
+        alone = _choose(logits[[0, 2]], nucleus, torch.Generator().manual_seed(seed), 3, torch.tensor([0, 2]))
+        assert alone.tolist() == tokens[[0, 2]].tolist()
+    assert drawn == {0, 1}
+
+
+def test_top_p_one_changes_nothing(backends):
+    student, _ = backends
+    plain = student.generate(PROMPTS, Sampling(max_new_tokens=10, temperature=1.0, seed=4))
+    full = student.generate(PROMPTS, Sampling(max_new_tokens=10, temperature=1.0, seed=4, top_p=1.0))
+    nucleus = student.generate(PROMPTS, Sampling(max_new_tokens=10, temperature=1.0, seed=4, top_p=0.5))
+    assert plain.responses() == full.responses()
+    assert plain.responses() != nucleus.responses()

@@ -224,5 +224,5 @@ def test_truncation_through_the_server_matches_the_local_teacher(tiny_models, se
     assert torch.equal(a.lengths, b.lengths)
     assert torch.equal(sa.topk_ids[a.mask], sb.topk_ids[b.mask])
     exact = sb.query_exact & a.mask.unsqueeze(-1)  # candidates outside the server's top-20 carry its bound
-    assert exact[a.mask].float().mean() > 0.8
+    assert int(exact.sum()) > 100
     assert (sa.query_logprobs - sb.query_logprobs)[exact].abs().max() < 1e-4

@@ -1,59 +1,171 @@
-"""Generating answers to a benchmark and grading them."""
+"""Generating answers to a benchmark, grading them, and scoring the benchmark.
+
+Work goes in chunks of at most ``batch_size`` (problem, sample) rows. The chunks and
+their seeds are a pure function of the settings, so an interrupted evaluation that is
+resumed generates exactly the rows an uninterrupted one would (on CPU, HF backend).
+"""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import Rollouts, Sampling
 from opdctl.data import chat_prompt
-from opdctl.evaluation.benchmarks import Benchmark
-from opdctl.evaluation.grading import last_boxed
+from opdctl.evaluation.benchmarks import Benchmark, Problem
+from opdctl.evaluation.grading import Grader
+from opdctl.evaluation.metrics import OVER_CONTEXT, BenchmarkScore, score
+from opdctl.progress import reporter
+
+Row = dict[str, Any]
 
 
 class Generator(Protocol):
-    tokenizer: PreTrainedTokenizerBase
+    """A model that answers token-id prompts (a student, or a teacher backend that can generate)."""
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts: ...
 
 
-@dataclass
-class BenchmarkScore:
-    name: str
-    accuracy: float  # avg@n: mean correctness over all samples
-    samples: int
-    mean_length: float
-    truncated: float  # share of responses cut at the length limit
+@dataclass(frozen=True)
+class Settings:
+    """How each problem is answered."""
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return dict(self.__dict__)
+    n: int = 1  # samples per problem
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int = 0
+    chat_template: bool = True
+
+
+@dataclass(frozen=True)
+class _Unit:
+    problem: Problem
+    sample: int
+    prompt: list[int]
+    limit: int  # max new tokens for this problem: the setting, capped by the context
+
+
+def context_length(generator: Generator) -> int | None:
+    """The generator's context length in tokens, if it tells (``context_length()``)."""
+    method = getattr(generator, "context_length", None)
+    return method() if callable(method) else None
+
+
+def generate_rows(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    benchmark: Benchmark,
+    settings: Settings,
+    grader: Grader,
+    *,
+    batch_size: int = 64,
+    done: Iterable[tuple[str, int]] = (),
+    write: Callable[[list[Row]], None] | None = None,
+) -> list[Row]:
+    """Answer and grade every (problem, sample) of ``benchmark`` not in ``done``; returns the new rows.
+
+    ``write`` receives each chunk's rows as soon as they are graded. A problem whose
+    prompt does not fit the model's context gets empty, wrong responses (finish
+    reason "context") instead of being generated.
+    """
+    units = _units(tokenizer, benchmark, settings, context_length(generator))
+    over = len({u.problem.id for u in units if u.limit < 1})
+    if over:
+        reporter().message(
+            f"warning: {benchmark.name}: {over} of {len(benchmark.problems)} problems do not fit the model's context; "
+            "their responses count as wrong"
+        )
+    finished = set(done)
+    rows: list[Row] = []
+    with reporter().task(benchmark.name, len(units)) as advance:
+        advance(len(finished & {(u.problem.id, u.sample) for u in units}))
+        for index, chunk in enumerate(_chunks(units, batch_size)):
+            todo = [u for u in chunk if (u.problem.id, u.sample) not in finished]
+            if not todo:
+                continue
+            new = _answer(generator, tokenizer, benchmark, todo, settings, grader, _seed(settings, benchmark, index))
+            if write is not None:
+                write(new)
+            rows.extend(new)
+            advance(len(new), acc=f"{sum(r['correct'] for r in rows) / len(rows):.1%}")
+    return rows
 
 
 def evaluate(
     generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
     benchmark: Benchmark,
+    settings: Settings,
+    grader: Grader,
     *,
-    n: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 1024,
-    seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 64,
+    pass_k: Iterable[int] = (),
 ) -> BenchmarkScore:
-    """Sample ``n`` answers per problem and grade each by its last \\boxed{} value."""
-    tokenizer = generator.tokenizer
-    prompts = [chat_prompt(tokenizer, benchmark.prompt(p), True) for p in benchmark.problems for _ in range(n)]
-    answers = [p.answer for p in benchmark.problems for _ in range(n)]
-    correct, lengths, cut = 0, 0, 0
-    for start in range(0, len(prompts), batch_size):
-        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + start)
-        rollouts = generator.generate(prompts[start : start + batch_size], sampling)
+    """Sample ``settings.n`` answers per problem, grade them, and score the benchmark (nothing is written)."""
+    rows = generate_rows(generator, tokenizer, benchmark, settings, grader, batch_size=batch_size)
+    return score(benchmark.name, rows, pass_k)
+
+
+def _units(
+    tokenizer: PreTrainedTokenizerBase, benchmark: Benchmark, settings: Settings, context: int | None
+) -> list[_Unit]:
+    units = []
+    for problem in benchmark.problems:
+        prompt = chat_prompt(tokenizer, benchmark.prompt(problem), settings.chat_template)
+        limit = settings.max_new_tokens if context is None else min(settings.max_new_tokens, context - len(prompt))
+        units.extend(_Unit(problem, sample, prompt, limit) for sample in range(settings.n))
+    return units
+
+
+def _chunks(units: list[_Unit], size: int) -> list[list[_Unit]]:
+    """Units with the same token limit, ``size`` at a time, in problem order."""
+    by_limit: dict[int, list[_Unit]] = {}
+    for unit in units:
+        by_limit.setdefault(unit.limit, []).append(unit)
+    return [group[i : i + size] for group in by_limit.values() for i in range(0, len(group), size)]
+
+
+def _seed(settings: Settings, benchmark: Benchmark, chunk: int) -> int:
+    return zlib.crc32(f"{settings.seed}:{benchmark.name}:{chunk}".encode())
+
+
+def _answer(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    benchmark: Benchmark,
+    units: list[_Unit],
+    settings: Settings,
+    grader: Grader,
+    seed: int,
+) -> list[Row]:
+    """Generate (unless the prompt leaves no room) and grade one chunk of units sharing a token limit."""
+    limit = units[0].limit
+    if limit < 1:
+        texts, lengths, reasons = [""] * len(units), [0] * len(units), [OVER_CONTEXT] * len(units)
+    else:
+        sampling = Sampling(limit, settings.temperature, seed=seed, top_p=settings.top_p)
+        rollouts = generator.generate([u.prompt for u in units], sampling)
         texts = tokenizer.batch_decode(rollouts.responses(), skip_special_tokens=True)
-        for text, answer in zip(texts, answers[start : start + batch_size], strict=True):
-            boxed = last_boxed(text)
-            correct += boxed is not None and boxed.strip() == answer.strip()
-        lengths += int(rollouts.lengths.sum())
-        cut += sum(reason == "length" for reason in rollouts.finish_reasons)
-    total = len(prompts)
-    return BenchmarkScore(benchmark.name, correct / total, total, lengths / total, cut / total)
+        lengths, reasons = rollouts.lengths.tolist(), rollouts.finish_reasons
+    grades = grader.grade([(u.problem.answer, text) for u, text in zip(units, texts, strict=True)])
+    return [
+        {
+            "benchmark": benchmark.name,
+            "problem_id": unit.problem.id,
+            "sample": unit.sample,
+            "answer": unit.problem.answer,
+            "extracted": grade.extracted,
+            "correct": grade.correct,
+            "key": grade.key,
+            "length": length,
+            "finish_reason": reason,
+            "grade_error": grade.error,
+            "response": text,
+        }
+        for unit, text, grade, length, reason in zip(units, texts, grades, lengths, reasons, strict=True)
+    ]

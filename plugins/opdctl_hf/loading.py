@@ -91,6 +91,11 @@ def _reason(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest prompt plus response the model was built for (max_position_embeddings), if it says."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Every id that ends a response: the tokenizer's EOS and the model's generation config EOS ids."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

@@ -174,13 +174,25 @@ def cache_keyword(model: torch.nn.Module) -> str:
 def _choose(
     logits: torch.Tensor, sampling: Sampling, generator: torch.Generator, batch: int, live: torch.Tensor
 ) -> torch.Tensor:
-    """Greedy at temperature 0, else a Gumbel-max sample from softmax(logits / temperature).
+    """Greedy at temperature 0, else a Gumbel-max sample from softmax(logits / temperature) within its top-p nucleus.
 
-    Noise is drawn for every row of the whole batch (``sampling.batch_rows``) each step.
+    Noise is drawn for every row of the whole batch (``sampling.batch_rows``) each step, whatever the
+    nucleus, so each row's draw is independent of which other rows are running.
     """
     if sampling.temperature == 0:
         return logits.argmax(-1)
     rows = sampling.batch_rows or batch
     uniform = torch.rand((rows, logits.shape[-1]), generator=generator, device=logits.device)
     gumbel = -torch.log(-torch.log(uniform[sampling.row_offset + live]))
-    return (logits / sampling.temperature + gumbel).argmax(-1)
+    scaled = logits / sampling.temperature
+    if sampling.top_p < 1:
+        scaled = _nucleus(scaled, sampling.top_p)
+    return (scaled + gumbel).argmax(-1)
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` with every token outside the smallest set whose probability reaches ``top_p`` set to -inf."""
+    ordered, order = logits.sort(dim=-1, descending=True)
+    probs = ordered.softmax(-1)
+    outside = probs.cumsum(-1) - probs >= top_p  # the tokens ranked above already reach top_p
+    return logits.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))

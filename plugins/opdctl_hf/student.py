@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling
 from opdctl.distributed import World
 
-from .loading import HFConfig, eos_ids, load_model, load_tokenizer
+from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import Packed, gather_logprobs, pack, response_hidden
 
@@ -107,6 +107,10 @@ class HFStudent:
         mask, query = rollouts.mask.to(self.device), query_ids[:, :width].to(self.device)
         with self._autocast():
             return self.policy(p.input_ids, p.attention_mask, p.position_ids, p.prompt_width, mask, query)
+
+    def context_length(self) -> int | None:
+        """Prompt plus response tokens the model takes (used to cap evaluation lengths)."""
+        return context_length(self.model)
 
     def save(self, directory: str) -> None:
         self.model.save_pretrained(directory)

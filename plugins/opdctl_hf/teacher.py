@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 from opdctl.backends import Rollouts, Sampling, TeacherScores
 from opdctl.errors import BackendError
 
-from .loading import HFConfig, check_same_tokenizer, eos_ids, load_model, load_tokenizer
+from .loading import HFConfig, check_same_tokenizer, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import gather_logprobs, pack, response_hidden
 from .streaming import HFTeacherStream
@@ -76,6 +76,10 @@ class HFTeacher:
         """Let the teacher answer prompts itself (used to evaluate it)."""
         eos = eos_ids(self.model, self.tokenizer)
         return sample(self.model, prompts, sampling, eos, self.tokenizer.pad_token_id)
+
+    def context_length(self) -> int | None:
+        """Prompt plus response tokens the model takes (used to cap evaluation lengths)."""
+        return context_length(self.model)
 
     def close(self) -> None:
         del self.model

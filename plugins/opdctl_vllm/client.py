@@ -8,10 +8,11 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import openai
 
+from opdctl.backends import Sampling
 from opdctl.errors import BackendError
 from opdctl.progress import reporter
 
@@ -19,6 +20,11 @@ T = TypeVar("T")
 RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, openai.RateLimitError)
 MAX_BACKOFF = 30.0
 PositionLogprobs = dict[str, dict[str, Any]] | None  # {"<token id>": {"logprob", "rank", ...}} per position
+
+
+class Completion(NamedTuple):
+    token_ids: list[int]
+    finish_reason: str  # "eos" or "length"
 
 
 class TeacherUnavailable(BackendError):
@@ -58,6 +64,34 @@ class ServerClient:
 
         return self.with_retries(request, f"to score {len(sequences)} rollout(s)")
 
+    def complete(self, prompt: list[int], sampling: Sampling) -> Completion:
+        """One sampled continuation of a token-id prompt: its token ids and why it stopped."""
+
+        def request() -> Completion:
+            response = self.client.completions.create(
+                model=self.model,
+                prompt=prompt,
+                max_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=sampling.seed,
+                extra_body={"return_token_ids": True},
+            )
+            choice = response.choices[0]
+            ids = (choice.model_extra or {}).get("token_ids")
+            if ids is None:
+                raise BackendError(
+                    f"server {self.base_url} returned no token ids for a completion: opdctl needs vllm >= 0.10.2 "
+                    "(return_token_ids)"
+                )
+            return Completion(list(ids), "eos" if choice.finish_reason == "stop" else "length")
+
+        return self.with_retries(request, "to generate a completion")
+
+    def submit_completion(self, prompt: list[int], sampling: Sampling) -> Future[Completion]:
+        """Queue :meth:`complete` on the request pool."""
+        return self.pool.submit(contextvars.copy_context().run, self.complete, prompt, sampling)
+
     def submit(self, sequences: list[list[int]], k: int) -> Future[list[list[PositionLogprobs]]]:
         """Queue a request; it runs in the caller's context, so retries report where the caller reports."""
         return self.pool.submit(contextvars.copy_context().run, self.prompt_logprobs, sequences, k)
@@ -95,6 +129,23 @@ class ServerClient:
                 f"cannot reach the teacher server at {self.base_url} ({_reason(exc)}): "
                 "start it, or fix teacher.base_url"
             ) from exc
+
+    def context_length(self) -> int | None:
+        """The served model's context length (vllm's max_model_len); an error if it is not served there."""
+        try:
+            models = self.client.models.list().data
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise BackendError(
+                f"cannot reach the vLLM server at {self.base_url} ({_reason(exc)}): start it, or fix its URL"
+            ) from exc
+        for model in models:
+            if model.id == self.model:
+                return (model.model_extra or {}).get("max_model_len")
+        served = ", ".join(m.id for m in models) or "nothing"
+        raise BackendError(
+            f"model {self.model!r} is not served at {self.base_url} (it serves: {served}): "
+            "use the name given to vllm's --served-model-name"
+        )
 
     def max_logprobs(self) -> int | None:
         """The server's --max-logprobs, read from its refusal of an absurd request (None if it has no limit)."""

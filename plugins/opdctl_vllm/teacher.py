@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Rollouts, TeacherScores
+from opdctl.backends import Rollouts, Sampling, TeacherScores
 from opdctl.config import BackendConfig
 from opdctl.errors import BackendError
 
@@ -139,6 +139,33 @@ class VLLMTeacher:
     def stream(self, prompts: list[list[int]]) -> VLLMTeacherStream:
         """Score chunk by chunk: each chunk's request re-sends the rollout so far (see docs/vllm.md)."""
         return VLLMTeacherStream(self, prompts)
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        """Let the served model answer prompts itself (used to evaluate it).
+
+        One request per prompt, ``max_concurrency`` in flight; prompt i is sampled with
+        seed ``sampling.seed + i``, so its answer does not depend on the other prompts.
+        No top-k or log-probs are recorded.
+        """
+        if sampling.record_topk:
+            raise BackendError("the vllm backend generates without recording the top-k: set record_topk=0")
+        futures = [
+            self.server.submit_completion(prompt, replace(sampling, seed=(sampling.seed + row) % 2**31))
+            for row, prompt in enumerate(prompts)
+        ]
+        try:
+            completions = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return Rollouts.from_responses(
+            prompts, [c.token_ids for c in completions], [c.finish_reason for c in completions]
+        )
+
+    def context_length(self) -> int | None:
+        """The served model's context length; an error if the server is down or does not serve the model."""
+        return self.server.context_length()
 
     def close(self) -> None:
         self.server.close()

@@ -1,0 +1,242 @@
+"""One ``opdctl eval``: resolve the model, load benchmarks and a generator, answer, grade, write results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from opdctl.backends import backend_class
+from opdctl.config import format_validation_error
+from opdctl.demo import DEMO_PREFIX, resolve_model
+from opdctl.errors import BackendError, ConfigError, RunError
+from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
+from opdctl.evaluation.benchmarks import Benchmark, Fields, load_benchmarks
+from opdctl.evaluation.grading import Grader
+from opdctl.evaluation.metrics import BenchmarkScore, overall, score
+from opdctl.evaluation.results import EvalDir
+from opdctl.evaluation.runner import Generator, Settings, context_length, generate_rows
+from opdctl.progress import reporter
+from opdctl.rundir import RunDir
+
+
+@dataclass
+class EvalRequest:
+    """Everything ``opdctl eval`` is asked to do (the CLI's options)."""
+
+    model: str | None
+    bench: list[str] = field(default_factory=list)
+    data: list[Path] = field(default_factory=list)
+    checkpoint: int | None = None
+    base_url: str | None = None
+    served_model: str | None = None
+    tokenizer: str | None = None
+    n: int = PAPER_SAMPLES
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+    max_new_tokens: int = PAPER_MAX_NEW_TOKENS
+    seed: int = 0
+    pass_k: list[int] = field(default_factory=list)
+    prompt_template: str | None = None
+    chat_template: bool = True
+    fields: Fields = field(default_factory=Fields)
+    max_problems: int | None = None
+    output: Path | None = None
+    batch_size: int = 64
+    concurrency: int = 32
+    dtype: str = "auto"
+    device: str = "auto"
+    grade_timeout: float = 10.0
+    grade_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class EvalResult:
+    output: Path
+    scores: list[BenchmarkScore]
+    overall: BenchmarkScore
+    n: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What ``--model`` resolved to: where the weights are, and a short name for the output directory."""
+
+    source: str | None
+    label: str
+
+
+def run_eval(request: EvalRequest) -> EvalResult:
+    """Evaluate the model on the benchmarks; resumable through ``request.output``.
+
+    The model, the data and a server are checked before the output directory is made.
+    """
+    _check(request)
+    started = time.perf_counter()
+    ref = resolve(request.model, request.checkpoint)
+    benchmarks = load_benchmarks(
+        request.bench, request.data, request.fields, request.prompt_template, request.max_problems
+    )
+    generator, tokenizer = load_generator(request, ref)
+    try:
+        context_length(generator)  # reaches a server now
+        settings = Settings(
+            request.n, request.temperature, request.top_p, request.max_new_tokens, request.seed, request.chat_template
+        )
+        out = EvalDir.open(request.output or default_output(ref.label), _settings(request, ref, settings, benchmarks))
+        previous = out.rows()
+        resuming = f"; {len(previous)} responses already there" if previous else ""
+        reporter().message(f"results in {out.path} (rerun with --output {out.path} to resume){resuming}")
+        with Grader(request.grade_workers, request.grade_timeout) as grader:
+            scores = [
+                _run_benchmark(generator, tokenizer, benchmark, settings, grader, request, out, previous)
+                for benchmark in benchmarks
+            ]
+    finally:
+        close = getattr(generator, "close", None)
+        if close is not None:
+            close()
+    total = overall(scores)
+    seconds = time.perf_counter() - started
+    out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
+    return EvalResult(out.path, scores, total, request.n, seconds)
+
+
+def _run_benchmark(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    benchmark: Benchmark,
+    settings: Settings,
+    grader: Grader,
+    request: EvalRequest,
+    out: EvalDir,
+    previous: list[dict[str, Any]],
+) -> BenchmarkScore:
+    """Answer what ``previous`` lacks of one benchmark, then score all its rows."""
+    earlier = [r for r in previous if r["benchmark"] == benchmark.name]
+    done = {(r["problem_id"], r["sample"]) for r in earlier}
+    rows = generate_rows(
+        generator, tokenizer, benchmark, settings, grader, batch_size=request.batch_size, done=done, write=out.append
+    )
+    return score(benchmark.name, earlier + rows, request.pass_k)
+
+
+def _check(request: EvalRequest) -> None:
+    """Combinations of options that cannot work, as one-line errors."""
+    if request.top_p <= 0:
+        raise ConfigError(f"--top-p {request.top_p:g}: must be above 0 (1 samples from every token)")
+    too_big = [k for k in request.pass_k if k > request.n]
+    if too_big:
+        raise ConfigError(f"--pass-k {too_big[0]} is larger than -n {request.n}: pass@k needs at least k samples")
+    if request.base_url and not request.served_model:
+        raise ConfigError("--base-url needs --served-model NAME (the name vllm serves the model under)")
+    if request.base_url and not (request.tokenizer or request.model):
+        raise ConfigError("--base-url needs the model's tokenizer: give --model (path, hub id) or --tokenizer")
+    if not request.base_url and not request.model:
+        raise ConfigError("give --model (a model directory, hub id, run directory or demo:teacher / demo:student)")
+    if request.temperature == 0 and request.n > 1:
+        reporter().message(f"warning: greedy decoding (temperature 0) gives {request.n} identical samples")
+
+
+def resolve(model: str | None, checkpoint: int | None) -> ModelRef:
+    """``--model``: a run directory (its latest checkpoint, or ``checkpoint``), a model directory, a hub id or a demo
+    reference."""
+    if model is None:
+        return ModelRef(None, "served")
+    path = Path(model).expanduser()
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        run = RunDir.open(path)
+        found = dict(run.checkpoints())
+        if not found:
+            raise RunError(f"run {path} has no complete checkpoint yet: evaluate it after its first checkpoint")
+        step = checkpoint if checkpoint is not None else max(found)
+        if step not in found:
+            steps = ", ".join(str(s) for s in sorted(found))
+            raise RunError(f"run {path} has no checkpoint at step {step}: its checkpoints are at steps {steps}")
+        return ModelRef(str(found[step]), f"{path.resolve().name}-step{step}")
+    if checkpoint is not None:
+        raise ConfigError(f"--checkpoint needs --model to be a run directory (with config.yaml), not {model!r}")
+    if model.startswith(DEMO_PREFIX):
+        return ModelRef(model, model.replace(":", "-"))
+    looks_local = model.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        raise BackendError(
+            f"--model {model}: no model at {path} (expected a Hugging Face model directory with config.json, "
+            "or a run directory with config.yaml and checkpoints/)"
+        )
+    return ModelRef(str(path) if looks_local else model, path.name if looks_local else model.replace("/", "-"))
+
+
+def load_generator(request: EvalRequest, ref: ModelRef) -> tuple[Generator, PreTrainedTokenizerBase]:
+    """The model (local, through the hf backend) or the server (through the vllm backend), and its tokenizer."""
+    if request.base_url:
+        cls = backend_class("teacher", "vllm")
+        options = {"model": request.served_model, "base_url": request.base_url, "max_concurrency": request.concurrency}
+        return cls(_backend_config(cls, options)), _tokenizer(request.tokenizer or ref.source or "")
+    cls = backend_class("teacher", "hf")
+    generator = cls(_backend_config(cls, {"model": ref.source, "dtype": request.dtype, "device": request.device}))
+    return generator, generator.tokenizer
+
+
+def _backend_config(cls: type, options: dict[str, Any]) -> Any:
+    try:
+        return cls.Config(**options)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, cls.Config)) from None
+
+
+def _tokenizer(source: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(source))
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise BackendError(f"cannot load a tokenizer from {source!r} ({reason}): give --tokenizer PATH") from exc
+
+
+def default_output(label: str) -> Path:
+    return Path("evals") / f"{label}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _settings(request: EvalRequest, ref: ModelRef, settings: Settings, benchmarks: list[Benchmark]) -> dict:
+    """What must match for a rerun to resume this evaluation."""
+    return {
+        "model": ref.source,
+        "served_model": request.served_model,
+        "engine": "vllm" if request.base_url else "hf",
+        **asdict(settings),
+        "benchmarks": [b.name for b in benchmarks],
+        **{
+            f"benchmark {b.name}": {"digest": b.digest(), "problems": len(b.problems), "prompt": b.prompt_template}
+            for b in benchmarks
+        },
+    }
+
+
+def _summary(
+    request: EvalRequest,
+    ref: ModelRef,
+    benchmarks: list[Benchmark],
+    scores: list[BenchmarkScore],
+    total: BenchmarkScore,
+    seconds: float,
+) -> dict[str, Any]:
+    return {
+        "model": ref.source or request.served_model,
+        "served_model": request.served_model,
+        "n": request.n,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_new_tokens": request.max_new_tokens,
+        "seed": request.seed,
+        "sources": {b.name: b.source for b in benchmarks},
+        "benchmarks": {s.name: s.to_dict() for s in scores},
+        "overall": total.to_dict(),
+        "seconds": round(seconds, 1),
+    }
