@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from opdctl.config import BackendConfig
 
-GROUPS = {"teacher": "opdctl.teachers", "student": "opdctl.students"}
+GROUPS = {"teacher": "opdctl.teachers", "student": "opdctl.students", "rollout": "opdctl.rollout_engines"}
+CONFIG_KEYS = {"teacher": "teacher.backend", "student": "student.backend", "rollout": "student.rollout"}
 FinishedCallback = Callable[[list[int], "Rollouts"], None]
 FINISH_REASONS = ("eos", "length", "drift")
 
@@ -265,7 +266,7 @@ def backend_class(kind: str, name: str) -> type:
         names = ", ".join(sorted(available)) or "none"
         raise BackendError(
             f"unknown {kind} backend {name!r}: installed {kind} backends are {names} "
-            f"(set {kind}.backend to one of them, or install the plugin that provides {name!r})"
+            f"(set {CONFIG_KEYS[kind]} to one of them, or install the plugin that provides {name!r})"
         )
     try:
         return available[name].load()

@@ -329,7 +329,7 @@ def backends(ctx: typer.Context) -> None:
     table = Table(title="installed backends", header_style="bold")
     for column in ("role", "name", "provided by", "object"):
         table.add_column(column)
-    for kind in ("teacher", "student"):
+    for kind in ("teacher", "student", "rollout"):
         for name, ep in sorted(installed(kind).items()):
             dist = ep.dist.name if ep.dist else "?"
             table.add_row(kind, name, dist, ep.value)

@@ -62,6 +62,13 @@ class RolloutConfig(Section):
         False, description="Score while generating and stop a rollout once its weight reaches prune.stop_weight."
     )
     chunk_tokens: int = Field(64, ge=1, description="With truncate_on_drift: tokens generated between two checks.")
+    logprob_tolerance: float = Field(
+        0.01,
+        gt=0,
+        allow_inf_nan=False,
+        description="Warn when the generating engine's log-probs differ from the training forward by more.",
+    )
+    logprob_check_every: int = Field(50, ge=1, description="Check that agreement on step 1 and every N steps.")
 
 
 class LossConfig(Section):
@@ -373,7 +380,24 @@ def reference_markdown() -> str:
 
 def _section_table(title: str, schema: type[BaseModel]) -> list[str]:
     rows = [f"## {title}", "", (schema.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]
+    return [*rows, *_key_rows(schema, ""), ""]
+
+
+def _key_rows(schema: type[BaseModel], prefix: str) -> list[str]:
+    """One table row per key; a nested group of keys (e.g. student.vllm) is listed key by key."""
+    rows = []
     for key, field in schema.model_fields.items():
+        nested = [t for t in (field.annotation, *getattr(field.annotation, "__args__", ())) if _is_model(t)]
+        meaning = (field.description or (nested[0].__doc__ if nested else "") or "").strip().replace("|", "/")
+        if nested:
+            default = "null" if field.default is None and field.default_factory is None else "see below"
+            rows.append(f"| `{prefix}{key}` | `{default}` | {meaning} |")
+            rows += _key_rows(nested[0], f"{prefix}{key}.")
+            continue
         default = field.default_factory() if field.default_factory else field.default
-        rows.append(f"| `{key}` | `{_show(default)}` | {(field.description or '').replace('|', '/')} |")
-    return [*rows, ""]
+        rows.append(f"| `{prefix}{key}` | `{_show(default)}` | {meaning} |")
+    return rows
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

@@ -70,6 +70,11 @@ class World:
 
 def setup_world() -> World:
     """Join the process group that torchrun (or accelerate launch) described in the environment."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ConfigError(
+            "FSDP is not supported by opdctl yet (and accelerate silently runs plain DDP on CPU): "
+            "launch without --use_fsdp; opdctl trains data-parallel with DistributedDataParallel"
+        )
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()

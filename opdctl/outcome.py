@@ -34,6 +34,7 @@ class StepOutcome:
     loss_weight: torch.Tensor  # [B, T] m_t
     teacher_logprob: torch.Tensor  # [B, T] of the sampled token
     student_logprob: torch.Tensor  # [B, T] of the sampled token, from the training forward pass
+    rollout_logprob: torch.Tensor  # [B, T] of the sampled token, as the generating engine reported it
     teacher_top1: torch.Tensor  # [B, T]
     student_top1: torch.Tensor  # [B, T]
 
@@ -60,6 +61,7 @@ class StepOutcome:
             loss_weight=measured.weights.loss_weight.cpu(),
             teacher_logprob=scores.query_logprobs[..., -1].cpu(),
             student_logprob=student_logprob.cpu(),
+            rollout_logprob=rollouts.sampled_logprobs.cpu(),
             teacher_top1=scores.topk_ids[..., 0].cpu(),
             student_top1=rollouts.topk_ids[..., 0].cpu(),
         )
@@ -99,6 +101,7 @@ class StepOutcome:
             "bad_event_rate": _mean(self.bad.float(), mask),
             "weight": _mean(self.weight, mask),
             "reverse_kl": reverse_kl_estimate(self.student_logprob, self.teacher_logprob, mask),
+            **self.logprob_gap(),
             "effective_length": float(self.effective_length.float().mean()),
             "response_length": tokens / len(self.finish_reasons),
             "tokens_generated": int(self.generated.sum()),
@@ -107,6 +110,13 @@ class StepOutcome:
             "tokens_not_generated": int((max_len - self.generated)[stopped].sum()) if stopped.any() else 0,
             **{f"finish_{reason}": self.finish_reasons.count(reason) for reason in FINISH_REASONS},
         }
+
+    def logprob_gap(self) -> dict[str, float]:
+        """How far the generating engine's log-probs of the sampled tokens are from the training forward pass."""
+        gap = (self.rollout_logprob - self.student_logprob).abs()[self.mask]
+        if not gap.numel():
+            return {"logprob_gap_max": 0.0, "logprob_gap_mean": 0.0}
+        return {"logprob_gap_max": float(gap.max()), "logprob_gap_mean": float(gap.mean())}
 
 
 def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:

@@ -285,7 +285,18 @@ class Trainer:
         }
         if self._traced(step + 1):
             self.run.write_traces(step + 1, *trace_tables(step + 1, indices, cfg, outcome, max_len))
+        self._check_logprobs(step + 1, record["logprob_gap_max"], record["logprob_gap_mean"])
         return record
+
+    def _check_logprobs(self, step: int, gap_max: float, gap_mean: float) -> None:
+        """Warn when generation and training disagree about the sampled tokens (precision, stale weights)."""
+        rollout = self.config.rollout
+        due = step == 1 or step % rollout.logprob_check_every == 0
+        if due and gap_max > rollout.logprob_tolerance:
+            reporter().message(
+                f"warning: step {step}: rollout log-probs differ from the training forward pass by up to "
+                f"{gap_max:.3g} (mean {gap_mean:.3g}); generation and training precision or weights disagree"
+            )
 
     def _interrupted(self, exc: BackendError) -> RunError:
         """A backend failed mid-step, before the update: checkpoint the state so far, explain how to go on."""

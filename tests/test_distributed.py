@@ -59,3 +59,11 @@ def test_two_processes_end_with_the_weights_of_one(tiny_models, tmp_path, trunca
 def test_uneven_split_is_refused():
     with pytest.raises(ConfigError, match="do not divide among 3 processes"):
         World(rank=0, size=3).share(8)
+
+
+def test_fsdp_launch_is_refused_not_faked(monkeypatch):
+    from opdctl.distributed import setup_world
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="FSDP is not supported by opdctl yet"):
+        setup_world()

@@ -41,8 +41,17 @@ def free_port() -> int:
 class VLLMServer:
     """Start, kill and restart one `vllm` OpenAI-compatible server on 127.0.0.1."""
 
-    def __init__(self, model: Path, log: Path, max_logprobs: int = 20, served_name: str = "teacher") -> None:
+    def __init__(
+        self,
+        model: Path,
+        log: Path,
+        max_logprobs: int = 20,
+        served_name: str = "teacher",
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.model, self.log, self.max_logprobs, self.served_name = model, log, max_logprobs, served_name
+        self.extra_args, self.extra_env = extra_args, extra_env or {}
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -61,12 +70,13 @@ class VLLMServer:
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
+            **self.extra_env,
         }
         command = [
             str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
             "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
             "--dtype", "float32", "--max-model-len", "1024", "--max-logprobs", str(self.max_logprobs),
-            "--enforce-eager",
+            "--enforce-eager", *self.extra_args,
         ]  # fmt: skip
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(

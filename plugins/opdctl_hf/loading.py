@@ -13,6 +13,7 @@ from opdctl.config import BackendConfig
 from opdctl.demo import resolve_model
 from opdctl.errors import BackendError
 
+ADAPTER_FILE = "adapter_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -62,8 +63,13 @@ def load_model(kind: str, config: HFConfig, trainable: bool) -> torch.nn.Module:
     device = pick_device(config.device)
     source = _source(kind, config)
     kwargs = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
+    loader = AutoModelForCausalLM
+    if (Path(source) / ADAPTER_FILE).is_file():  # a LoRA checkpoint: its base model plus the adapters
+        from peft import AutoPeftModelForCausalLM
+
+        loader, kwargs = AutoPeftModelForCausalLM, {**kwargs, "is_trainable": trainable}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = loader.from_pretrained(
             source,
             revision=config.revision,
             trust_remote_code=config.trust_remote_code,
@@ -78,7 +84,8 @@ def load_model(kind: str, config: HFConfig, trainable: bool) -> torch.nn.Module:
 def _source(kind: str, config: HFConfig) -> str:
     source = resolve_model(config.model)
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
-    if looks_local and not (Path(source).expanduser() / "config.json").is_file():
+    found = [(Path(source).expanduser() / name).is_file() for name in ("config.json", ADAPTER_FILE)]
+    if looks_local and not any(found):
         raise BackendError(
             f"{kind}.model={config.model!r}: no Hugging Face model at {source} "
             "(expected a directory with config.json; give a local model directory, a hub id, "

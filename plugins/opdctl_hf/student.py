@@ -3,18 +3,49 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling
+from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling, backend_class
 from opdctl.distributed import World
+from opdctl.errors import BackendError, ConfigError
 
 from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import Packed, gather_logprobs, pack, response_hidden
+
+
+class LoraOptions(BaseModel):
+    """Train low-rank adapters (peft) instead of every weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator (alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Adapter dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules that get adapters.")
+
+
+class VLLMRolloutOptions(BaseModel):
+    """Where and how vLLM generates the student's rollouts (student.rollout vllm-colocate / vllm-server)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(None, description="vllm-server: the server's /v1 URL.")
+    served_model: str = Field("student", description="vllm-server: its --served-model-name (and LoRA adapter name).")
+    sync_dir: str = Field(
+        "/tmp/opdctl-student-weights", description="vllm-server: shared directory the server reloads weights from."
+    )
+    timeout: float = Field(600.0, gt=0, description="vllm-server: seconds per request.")
+    max_concurrency: int = Field(32, ge=1, description="vllm-server: requests in flight.")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU)."
+    )
+    max_model_len: int | None = Field(None, ge=1, description="vllm-colocate: context for the engine.")
+    enforce_eager: bool = Field(False, description="vllm-colocate: skip CUDA graphs (needed on CPU).")
 
 
 class HFStudentConfig(HFConfig):
@@ -24,6 +55,12 @@ class HFStudentConfig(HFConfig):
         "auto", description="Mixed precision for forward passes; auto is bfloat16 on CUDA, none on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    rollout: Literal["hf", "vllm-colocate", "vllm-server"] = Field(
+        "hf",
+        description="Who generates rollouts: this process with transformers, an in-process vLLM, or a vLLM server.",
+    )
+    vllm: VLLMRolloutOptions = Field(default_factory=VLLMRolloutOptions)
+    lora: LoraOptions | None = Field(None, description="Train LoRA adapters (peft); null trains every weight.")
 
 
 class PolicyLogprobs(torch.nn.Module):
@@ -56,8 +93,11 @@ class HFStudent:
     def __init__(self, config: HFStudentConfig) -> None:
         self.config = config
         self.tokenizer = load_tokenizer("student", config)
-        self.model = load_model("student", config, trainable=True)
+        self.model = with_lora(load_model("student", config, trainable=True), config)
         self.device = next(self.model.parameters()).device
+        self.engine = rollout_engine(config, self.model)
+        if config.rollout == "vllm-server":
+            self.engine.sync(self.model)  # the server may hold other weights (a base model, an older run)
         self.eos_ids = eos_ids(self.model, self.tokenizer)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -93,6 +133,16 @@ class HFStudent:
         on_finished: FinishedCallback | None = None,
         monitor: GenerationMonitor | None = None,
     ) -> Rollouts:
+        if self.engine is not None:
+            if monitor is not None:
+                raise ConfigError(
+                    f"rollout.truncate_on_drift is not supported with student.rollout={self.config.rollout} yet: "
+                    "set rollout.truncate_on_drift=false or student.rollout=hf"
+                )
+            rollouts = self.engine.generate(prompts, sampling)
+            if on_finished:
+                on_finished(list(range(len(rollouts))), rollouts)
+            return rollouts
         self.model.eval()
         with self._autocast():
             pad = self.tokenizer.pad_token_id
@@ -117,7 +167,39 @@ class HFStudent:
         self.tokenizer.save_pretrained(directory)
 
     def weights_updated(self) -> None:
-        """Generation reads the trained weights directly: nothing to synchronise."""
+        """Push the new weights to the vLLM engine (transformers generation reads them directly)."""
+        if self.engine is not None:
+            self.engine.sync(self.model)
 
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         del self.model
+
+
+def with_lora(model: torch.nn.Module, config: HFStudentConfig) -> torch.nn.Module:
+    """Wrap the model in LoRA adapters (peft), or reload the adapters of a LoRA checkpoint."""
+    if config.lora is None:
+        return model
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError as exc:
+        raise BackendError("student.lora needs peft: pip install 'opdctl[lora]'") from exc
+    if isinstance(model, PeftModel):  # a LoRA checkpoint: transformers attached its adapters
+        return model
+    lora = config.lora
+    options = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+    return get_peft_model(model, options)
+
+
+def rollout_engine(config: HFStudentConfig, model: torch.nn.Module) -> Any:
+    """The vLLM engine named by ``student.rollout`` (None: this process generates with transformers)."""
+    if config.rollout == "hf":
+        return None
+    engine = backend_class("rollout", config.rollout)
+    if config.rollout == "vllm-server":
+        return engine(config.vllm, lora=config.lora is not None)
+    if config.lora is not None:
+        raise ConfigError("LoRA students roll out with student.rollout=vllm-server (hot-loaded adapters) or hf")
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return engine(getattr(model, "name_or_path", config.model), config.vllm, dtype, seed=0)
