@@ -78,13 +78,16 @@ def run(root: Path, name: str, overrides: dict, args: argparse.Namespace) -> dic
     )
     total = {key: sum(r[key] for r in steps) for key in keys}
     step_seconds = total["generate_seconds"] + total["score_seconds"] + total["update_seconds"]
+    streamed = config.rollout.truncate_on_drift
     return {
         "setting": name,
         "device": torch.cuda.get_device_name(),
         "steps timed": len(steps),
         "rollouts per step": args.rollouts,
-        "generation tokens/s": round(total["tokens_generated"] / total["generate_seconds"]),
-        "teacher scoring tokens/s": round(total["tokens_scored"] / total["score_seconds"]),
+        "generation tokens/s" + (" (teacher scoring streamed in)" if streamed else ""): round(
+            total["tokens_generated"] / total["generate_seconds"]
+        ),
+        **({} if streamed else {"teacher scoring tokens/s": round(total["tokens_scored"] / total["score_seconds"])}),
         "training tokens/s": round(total["tokens_trained"] / total["update_seconds"]),
         "seconds per step": round(step_seconds / len(steps), 2),
         "peak CUDA memory GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1),

@@ -95,6 +95,7 @@ class HFStudent:
         self.tokenizer = load_tokenizer("student", config)
         self.model = with_lora(load_model("student", config, trainable=True), config)
         self.device = next(self.model.parameters()).device
+        self.world = World()
         self.engine = rollout_engine(config, self.model)
         if config.rollout == "vllm-server":
             self.engine.sync(self.model)  # the server may hold other weights (a base model, an older run)
@@ -105,6 +106,7 @@ class HFStudent:
 
     def distribute(self, world: World) -> None:
         """Average gradients across the training processes (DistributedDataParallel)."""
+        self.world = world
         if world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.policy = torch.nn.parallel.DistributedDataParallel(self.policy, device_ids=ids)
@@ -167,9 +169,17 @@ class HFStudent:
         self.tokenizer.save_pretrained(directory)
 
     def weights_updated(self) -> None:
-        """Push the new weights to the vLLM engine (transformers generation reads them directly)."""
-        if self.engine is not None:
+        """Push the new weights to the vLLM engine (transformers generation reads them directly).
+
+        Every process has its own colocated engine; a shared server is updated by process 0 alone.
+        """
+        if self.engine is None:
+            return
+        shared = self.config.rollout == "vllm-server"
+        if not shared or self.world.main:
             self.engine.sync(self.model)
+        if shared:
+            self.world.barrier()
 
     def close(self) -> None:
         if self.engine is not None:
