@@ -11,7 +11,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.config import DataConfig
-from opdctl.errors import DataError
+from opdctl.errors import DataError, reason
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 DEMO_TRAINING_PROMPTS = 20_000
@@ -63,8 +63,7 @@ def load_rows(source: str, split: str = "train", name: str | None = None) -> lis
     except DataError:
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"cannot load dataset {source!r}: {reason}") from exc
+        raise DataError(f"cannot load dataset {source!r}: {reason(exc)}") from exc
     return list(dataset)
 
 

@@ -1,6 +1,12 @@
 """User-facing errors: one line naming the problem and the fix."""
 
 
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters (its type if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class OpdctlError(Exception):
     """An error caused by the user's input or environment, shown without a traceback."""
 

@@ -488,8 +488,10 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
     benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
     config.output.dir = str(path)
     if world.main:
-        run = RunDir.create(path, config.to_yaml()) if run is None else run
-        run.write_config(config.to_yaml())
+        if run is None:
+            run = RunDir.create(path, config.to_yaml())
+        else:
+            run.write_config(config.to_yaml())
     world.barrier()
     run = run or RunDir.open(path)
     trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from opdctl.data import FILE_FORMATS, load_rows
-from opdctl.errors import DataError
+from opdctl.errors import DataError, reason
 
 SYNTHETIC = "synthetic"
 MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -209,8 +209,7 @@ def _root_cause(exc: BaseException) -> str:
     """The first line of the innermost explicit cause (what the parser said)."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return reason(exc, limit=200)
 
 
 def _problems(rows: list[dict[str, Any]], where: str, name: str, fields: Fields) -> list[Problem]:

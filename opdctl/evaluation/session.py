@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from opdctl.backends import backend_class
 from opdctl.config import format_validation_error
 from opdctl.demo import DEMO_PREFIX, resolve_model
-from opdctl.errors import BackendError, ConfigError, RunError
+from opdctl.errors import BackendError, ConfigError, RunError, reason
 from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
 from opdctl.evaluation.benchmarks import Benchmark, Fields, load_benchmarks
 from opdctl.evaluation.grading import Grader
@@ -196,8 +196,9 @@ def _tokenizer(source: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(resolve_model(source))
     except OSError as exc:
-        reason = str(exc).strip().splitlines()[0][:200]
-        raise BackendError(f"cannot load a tokenizer from {source!r} ({reason}): give --tokenizer PATH") from exc
+        raise BackendError(
+            f"cannot load a tokenizer from {source!r} ({reason(exc, limit=200)}): give --tokenizer PATH"
+        ) from exc
 
 
 def default_output(label: str) -> Path:

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from opdctl.config import BackendConfig
 from opdctl.demo import resolve_model
-from opdctl.errors import BackendError
+from opdctl.errors import BackendError, reason
 
 ADAPTER_FILE = "adapter_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -52,7 +52,7 @@ def load_tokenizer(kind: str, config: HFConfig) -> PreTrainedTokenizerBase:
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
     except Exception as exc:
-        raise BackendError(f"{kind}.model={config.model!r}: cannot load its tokenizer ({_reason(exc)})") from exc
+        raise BackendError(f"{kind}.model={config.model!r}: cannot load its tokenizer ({reason(exc)})") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -77,7 +77,7 @@ def load_model(kind: str, config: HFConfig, trainable: bool) -> torch.nn.Module:
             **kwargs,
         )
     except Exception as exc:
-        raise BackendError(f"{kind}.model={config.model!r}: cannot load the model ({_reason(exc)})") from exc
+        raise BackendError(f"{kind}.model={config.model!r}: cannot load the model ({reason(exc)})") from exc
     return model.to(device).eval()
 
 
@@ -92,10 +92,6 @@ def _source(kind: str, config: HFConfig) -> str:
             "or demo:teacher / demo:student)"
         )
     return str(Path(source).expanduser()) if looks_local else source
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def context_length(model: torch.nn.Module) -> int | None:

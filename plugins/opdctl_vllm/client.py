@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, TypeVar
 import openai
 
 from opdctl.backends import Sampling
-from opdctl.errors import BackendError
+from opdctl.errors import BackendError, reason
 from opdctl.progress import reporter
 
 T = TypeVar("T")
@@ -107,16 +107,16 @@ class ServerClient:
                     waited = time.perf_counter() - started
                     raise TeacherUnavailable(
                         f"teacher server {self.base_url} failed {what} {self.retries + 1} times over {waited:.0f} s "
-                        f"({_reason(exc)}): check that it is running and reachable"
+                        f"({reason(exc)}): check that it is running and reachable"
                     ) from exc
                 delay = min(self.backoff * 2**attempt, MAX_BACKOFF)
                 reporter().message(
-                    f"warning: teacher server {self.base_url}: {_reason(exc)}; retry {attempt + 1}/{self.retries} "
+                    f"warning: teacher server {self.base_url}: {reason(exc)}; retry {attempt + 1}/{self.retries} "
                     f"in {delay:.0f} s"
                 )
                 time.sleep(delay)
             except openai.APIStatusError as exc:
-                raise BackendError(f"teacher server {self.base_url} refused {what}: {_reason(exc)}") from exc
+                raise BackendError(f"teacher server {self.base_url} refused {what}: {reason(exc)}") from exc
         raise AssertionError("unreachable")
 
     # probes --------------------------------------------------------------------
@@ -126,8 +126,7 @@ class ServerClient:
             return [m.id for m in self.client.models.list().data]
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise BackendError(
-                f"cannot reach the teacher server at {self.base_url} ({_reason(exc)}): "
-                "start it, or fix teacher.base_url"
+                f"cannot reach the teacher server at {self.base_url} ({reason(exc)}): start it, or fix teacher.base_url"
             ) from exc
 
     def context_length(self) -> int | None:
@@ -136,7 +135,7 @@ class ServerClient:
             models = self.client.models.list().data
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise BackendError(
-                f"cannot reach the vLLM server at {self.base_url} ({_reason(exc)}): start it, or fix its URL"
+                f"cannot reach the vLLM server at {self.base_url} ({reason(exc)}): start it, or fix its URL"
             ) from exc
         for model in models:
             if model.id == self.model:
@@ -158,7 +157,7 @@ class ServerClient:
             if match:
                 return int(match.group(1))
             raise BackendError(
-                f"teacher server {self.base_url} refused a prompt_logprobs request: {_reason(exc)}"
+                f"teacher server {self.base_url} refused a prompt_logprobs request: {reason(exc)}"
             ) from exc
         return None
 
@@ -173,8 +172,3 @@ class ServerClient:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
