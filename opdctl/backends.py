@@ -15,9 +15,10 @@ config. opdctl never imports a backend by name.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from opdctl.config import BackendConfig
+    from opdctl.distributed import World
 
 GROUPS = {"teacher": "opdctl.teachers", "student": "opdctl.students", "rollout": "opdctl.rollout_engines"}
 CONFIG_KEYS = {"teacher": "teacher.backend", "student": "student.backend", "rollout": "student.rollout"}
@@ -244,8 +246,26 @@ class Student(Protocol):
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         """``[B, T, Q]`` log-probs (temperature 1, with gradient) of ``query_ids`` at each position."""
 
-    def save(self, directory: str) -> None:
-        """Write the model and tokenizer in Hugging Face format."""
+    def distribute(self, world: World) -> None:
+        """Train with the other processes of ``world`` (before the optimizer is built on the parameters)."""
+
+    def gradient_sync(self, enabled: bool) -> AbstractContextManager:
+        """Within it, backward does not (``enabled=False``) reduce gradients across processes."""
+
+    def gathered(self) -> AbstractContextManager:
+        """Within it, every process holds the whole model (all processes enter together)."""
+
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """The whole weights on process 0 when sharded (every process calls it), else None."""
+
+    def save(self, directory: str, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the model (``state`` when given) and tokenizer in Hugging Face format."""
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer state process 0 writes (every process calls it)."""
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Restore an :meth:`optimizer_state` in every process."""
 
     def weights_updated(self) -> None:
         """Called after every optimizer step (rollout engines resynchronise here)."""

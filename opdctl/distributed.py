@@ -2,8 +2,9 @@
 
 Launch with ``torchrun --nproc_per_node N -m opdctl train ...`` (or ``accelerate
 launch``, which starts torchrun): every process generates, scores and trains on its
-share of each step's rollouts; gradients are averaged by DistributedDataParallel;
-process 0 writes metrics, traces and checkpoints.
+share of each step's rollouts; gradients are averaged by DistributedDataParallel (or
+reduce-scattered by FSDP with ``student.parallel=fsdp``); process 0 writes metrics,
+traces and checkpoints.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def setup_world() -> World:
     """Join the process group that torchrun (or accelerate launch) described in the environment."""
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         raise ConfigError(
-            "FSDP is not supported by opdctl yet (and accelerate silently runs plain DDP on CPU): "
-            "launch without --use_fsdp; opdctl trains data-parallel with DistributedDataParallel"
+            "accelerate's FSDP plugin is not what opdctl uses (and on CPU accelerate silently runs plain DDP): "
+            "launch without --use_fsdp and set student.parallel=fsdp"
         )
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:

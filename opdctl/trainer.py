@@ -181,7 +181,8 @@ class Trainer:
     def restore(self, checkpoint: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (model weights were loaded by the backend)."""
         state = json.loads((checkpoint / STATE_FILE).read_text())
-        self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+        optimizer = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        self.student.load_optimizer_state(self.optimizer, optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.nonfinite_streak, self.elapsed = state["step"], state["nonfinite_streak"], state["elapsed"]
         self.budget = BudgetState(**state["budget"])
@@ -189,9 +190,12 @@ class Trainer:
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
 
     def save(self) -> Path | None:
+        """Process 0 writes a checkpoint; every process takes part in gathering sharded weights."""
+        weights, optimizer = self.student.full_state(), self.student.optimizer_state(self.optimizer)
+
         def write(directory: Path) -> None:
-            self.student.save(str(directory))
-            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+            self.student.save(str(directory), weights)
+            torch.save(optimizer, directory / OPTIMIZER_FILE)
             state = {
                 "step": self.step,
                 "budget": self.budget.to_dict(),
@@ -408,15 +412,19 @@ class Trainer:
     # evaluation and summary ----------------------------------------------------
 
     def evaluate(self, when: str) -> None:
-        """Process 0 scores the student (and once, if asked, the teacher); the others wait."""
-        if self.world.main:
-            self._evaluate(when)
+        """Process 0 scores the student (and once, if asked, the teacher); the others wait.
+
+        A sharded student is gathered whole in every process first, so process 0 generates alone.
+        """
+        if not self.benchmarks:
+            return
+        with self.student.gathered():
+            if self.world.main:
+                self._evaluate(when)
         self.world.barrier()
 
     def _evaluate(self, when: str) -> None:
         """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
-        if not self.benchmarks:
-            return
         cfg = self.config.eval
         models: list[tuple[str, Any]] = [(when, self.student)]
         if cfg.teacher and when == "before" and hasattr(self.teacher, "generate"):

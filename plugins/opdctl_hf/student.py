@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling, backend_class
 from opdctl.distributed import World
 from opdctl.errors import BackendError, ConfigError
 
+from . import sharding
 from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import Packed, gather_logprobs, pack, response_hidden
@@ -61,10 +63,26 @@ class HFStudentConfig(HFConfig):
     )
     vllm: VLLMRolloutOptions = Field(default_factory=VLLMRolloutOptions)
     lora: LoraOptions | None = Field(None, description="Train LoRA adapters (peft); null trains every weight.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Under torchrun: a whole copy per process (DistributedDataParallel) or weights, gradients and "
+        "optimizer state sharded across processes (FSDP2, one unit per decoder layer); one process ignores it.",
+    )
+
+    @model_validator(mode="after")
+    def _check_parallel(self) -> HFStudentConfig:
+        if self.parallel == "fsdp" and self.lora is not None:
+            raise ValueError("student.parallel=fsdp does not train LoRA students: set student.parallel=ddp")
+        if self.parallel == "fsdp" and self.rollout != "hf":
+            raise ValueError(
+                f"student.parallel=fsdp does not push sharded weights to vLLM (student.rollout={self.rollout}): "
+                "set student.rollout=hf or student.parallel=ddp"
+            )
+        return self
 
 
 class PolicyLogprobs(torch.nn.Module):
-    """The differentiable forward of training as one module, so DistributedDataParallel can wrap it."""
+    """The student's forward passes as one module, so DistributedDataParallel or FSDP can wrap it."""
 
     def __init__(self, model: torch.nn.Module, logprob_chunk: int) -> None:
         super().__init__()
@@ -84,6 +102,18 @@ class PolicyLogprobs(torch.nn.Module):
         query_lp, _, _ = gather_logprobs(self.model, hidden, mask, query_ids, self.logprob_chunk)
         return query_lp
 
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: Sampling,
+        eos: Collection[int],
+        pad_id: int,
+        on_finished: FinishedCallback | None,
+        monitor: GenerationMonitor | None,
+    ) -> Rollouts:
+        """Sampling (:func:`sample`) as a forward method: FSDP registers it, so it enters through the root."""
+        return sample(self.model, prompts, sampling, eos, pad_id, on_finished, monitor)
+
 
 class HFStudent:
     """Generation with a KV cache; differentiable log-probs for the loss; HF-format checkpoints."""
@@ -102,20 +132,45 @@ class HFStudent:
         self.eos_ids = eos_ids(self.model, self.tokenizer)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
-        self.policy: torch.nn.Module = PolicyLogprobs(self.model, config.logprob_chunk)
+        self.policy = PolicyLogprobs(self.model, config.logprob_chunk)
+        self.replicas: torch.nn.parallel.DistributedDataParallel | None = None
+        self.sharded, self._whole = False, False
 
     def distribute(self, world: World) -> None:
-        """Average gradients across the training processes (DistributedDataParallel)."""
+        """Average gradients across the training processes: DistributedDataParallel, or FSDP shards.
+
+        Call before building the optimizer: FSDP replaces the parameters with their shards.
+        """
         self.world = world
-        if world.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.policy = torch.nn.parallel.DistributedDataParallel(self.policy, device_ids=ids)
+        if not world.distributed:
+            return
+        if self.config.parallel == "fsdp":
+            sharding.shard(self.policy, self.model, self.device)
+            self.sharded = True
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.replicas = torch.nn.parallel.DistributedDataParallel(self.policy, device_ids=ids)
 
     def gradient_sync(self, enabled: bool) -> AbstractContextManager:
-        """Skip the gradient all-reduce for all but the last micro-batch of a step."""
-        if enabled or not isinstance(self.policy, torch.nn.parallel.DistributedDataParallel):
+        """Skip the gradient all-reduce (reduce-scatter) for all but the last micro-batch of a step."""
+        if enabled:
             return nullcontext()
-        return self.policy.no_sync()
+        if self.sharded:
+            return sharding.no_reduce(self.policy)
+        return self.replicas.no_sync() if self.replicas is not None else nullcontext()
+
+    @contextmanager
+    def gathered(self) -> Iterator[None]:
+        """The whole model in every process for the duration (all take part on entry); a no-op unless sharded."""
+        if not self.sharded or self._whole:
+            yield
+            return
+        self._whole = True
+        try:
+            with sharding.gathered(self.policy):
+                yield
+        finally:
+            self._whole = False
 
     @staticmethod
     def load_tokenizer(config: HFStudentConfig) -> PreTrainedTokenizerBase:
@@ -146,9 +201,9 @@ class HFStudent:
                 on_finished(list(range(len(rollouts))), rollouts)
             return rollouts
         self.model.eval()
-        with self._autocast():
+        with torch.no_grad(), self.gathered(), self._autocast():
             pad = self.tokenizer.pad_token_id
-            return sample(self.model, prompts, sampling, self.eos_ids, pad, on_finished, monitor)
+            return self.policy.generate(prompts, sampling, self.eos_ids, pad, on_finished, monitor)
 
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         # Eval mode keeps dropout off, so these are the sampling policy's log-probs;
@@ -158,15 +213,32 @@ class HFStudent:
         p = pack(rollouts, self.tokenizer.pad_token_id, self.device)
         mask, query = rollouts.mask.to(self.device), query_ids[:, :width].to(self.device)
         with self._autocast():
-            return self.policy(p.input_ids, p.attention_mask, p.position_ids, p.prompt_width, mask, query)
+            forward = self.replicas if self.replicas is not None else self.policy
+            return forward(p.input_ids, p.attention_mask, p.position_ids, p.prompt_width, mask, query)
 
     def context_length(self) -> int | None:
         """Prompt plus response tokens the model takes (used to cap evaluation lengths)."""
         return context_length(self.model)
 
-    def save(self, directory: str) -> None:
-        self.model.save_pretrained(directory)
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """Sharded weights gathered whole on process 0 (every process must call it); None unless sharded."""
+        return sharding.full_state(self.model) if self.sharded else None
+
+    def save(self, directory: str, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the model (``state``, from :meth:`full_state`, when sharded) and tokenizer in HF format."""
+        self.model.save_pretrained(directory, state_dict=state)
         self.tokenizer.save_pretrained(directory)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """What process 0 saves of ``optimizer``; when sharded every process must call it."""
+        return sharding.full_optimizer_state(self.model, optimizer) if self.sharded else optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Restore what :meth:`optimizer_state` returned (every process loads the whole state)."""
+        if self.sharded:
+            sharding.load_optimizer_state(self.model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
 
     def weights_updated(self) -> None:
         """Push the new weights to the vLLM engine (transformers generation reads them directly).
