@@ -137,7 +137,10 @@ class OptimConfig(Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches the step's rollouts are split into for backward.")
     weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, then constant.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up from 0 over this many steps.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="After warm-up: constant, or decayed to 0 at the last step (transformers' schedulers)."
+    )
     max_nonfinite_steps: int = Field(3, ge=1, description="Stop after this many non-finite steps in a row.")
 
 

@@ -90,6 +90,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("mean response length", _num(summary["mean_response_length"]))
     table.add_row("mean effective length", _num(summary["mean_effective_length"]))
     table.add_row("max response length at the end", str(summary["final_max_len"]))
+    if summary.get("rollouts_stopped_on_drift"):
+        stopped, rollouts = summary["rollouts_stopped_on_drift"], summary["rollouts"]
+        table.add_row("rollouts stopped on drift", f"{stopped:,} of {rollouts:,} ({stopped / rollouts:.0%})")
+        table.add_row("tokens not generated (drift stops)", f"{summary['tokens_not_generated']:,}")
     if summary["skipped_steps"]:
         table.add_row("skipped (non-finite) steps", str(summary["skipped_steps"]))
     table.add_row("training time", f"{summary['seconds']:.0f} s")

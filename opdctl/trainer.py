@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import get_scheduler
 
 from opdctl import drift, losses
 from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores, backend_class
@@ -160,9 +161,8 @@ class Trainer:
         params = [p for p in student.model.parameters() if p.requires_grad]
         o = config.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        )
+        schedule = "constant_with_warmup" if o.lr_schedule == "constant" else o.lr_schedule
+        self.scheduler = get_scheduler(schedule, self.optimizer, o.warmup_steps, num_training_steps=o.steps)
         self.budget = BudgetState(current_len=config.budget.init_len)
         self.limits = BudgetLimits(
             min_len=config.budget.min_len,
@@ -455,6 +455,9 @@ class Trainer:
             "mean_response_length": _mean([r["response_length"] for r in steps]),
             "final_max_len": steps[-1]["next_max_len"] if steps else None,
             "skipped_steps": sum(bool(r["skipped"]) for r in steps),
+            "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in steps),
+            "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in steps),
+            "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in steps),
             "eval": {
                 e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")}
                 for e in evals

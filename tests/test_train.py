@@ -118,6 +118,17 @@ def test_plain_opd_is_the_same_loop_with_unit_weights(tiny_models, tmp_path):
     assert (tokens["loss_weight"] == 1.0).all()
 
 
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "expected"),
+    [("linear", 0, [0.75, 0.5, 0.25, 0.0]), ("cosine", 2, [0.5, 1.0, 0.5, 0.0]), ("constant", 2, [0.5, 1, 1, 1])],
+)
+def test_learning_rate_follows_the_schedule(tiny_models, tmp_path, schedule, warmup, expected):
+    optim = {"lr_schedule": schedule, "warmup_steps": warmup}
+    train(write_config(tmp_path / "run.yaml", tiny_config(tiny_models, tmp_path / "run", optim=optim)))
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if "eval" not in r]  # the rate for the next step
+    assert lrs == pytest.approx([1e-3 * f for f in expected], abs=1e-12)
+
+
 def test_sampled_estimator_and_top_p_metric_run(tiny_models, tmp_path):
     config = tiny_config(
         tiny_models,

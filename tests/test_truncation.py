@@ -1,5 +1,7 @@
 """Truncation on drift: exactness against full generation + scoring cut at the same point, and its accounting."""
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -107,6 +109,11 @@ def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path
         assert (mine.generated >= mine.length).all()
         assert record["tokens_trained"] == len(tokens[tokens.step == record["step"]])
     assert (stopped.effective_length == stopped.length - 1).all()  # the last kept token has weight 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rollouts_stopped_on_drift"] == (rollouts.finish_reason == "drift").sum()
+    assert summary["rollouts"] == len(rollouts)
+    assert summary["tokens_not_generated"] == sum(r["tokens_not_generated"] for r in steps)
+    assert "rollouts stopped on drift" in result.output
 
 
 def test_truncation_needs_prune_weights():
