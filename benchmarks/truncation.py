@@ -28,8 +28,8 @@ from opdctl.progress import LogReporter, reporting_to
 from opdctl.trainer import start_run
 
 METHODS = {
-    "plain OPD": ["prune.enable=false", "budget.enable=false"],
-    "Prune-OPD (paper)": ["prune.enable=true", "budget.enable=true"],
+    "plain OPD": ["prune.enable=false", "budget.enable=false", "rollout.truncate_on_drift=false"],
+    "Prune-OPD (paper)": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=false"],
     "Prune-OPD + truncation": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=true"],
 }
 
@@ -84,6 +84,27 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
 
 
+def summary_row(name: str, by_seed: dict[int, dict], plain: dict[int, dict]) -> tuple[str, ...]:
+    """One method's figures over seeds (mean ± standard deviation), against plain OPD on the same seeds."""
+    runs = list(by_seed.values())
+    reach = [time_to(r["curve"], plain[s]["final_accuracy"]) for s, r in by_seed.items()]
+    ratio = [t / plain[s]["train_seconds"] for t, s in zip(reach, by_seed, strict=True) if t is not None]
+    reached = [t for t in reach if t is not None]
+    return (
+        name,
+        spread([r["seconds_per_step"] for r in runs]),
+        spread([r["train_seconds"] for r in runs]),
+        spread([r["train_seconds"] / plain[s]["train_seconds"] for s, r in by_seed.items()]),
+        spread([r["tokens_generated"] for r in runs]),
+        spread([r["tokens_scored"] for r in runs]),
+        spread([r["tokens_not_generated"] for r in runs]),
+        spread([r["final_accuracy"] for r in runs]),
+        f"{spread(reached)} ({len(reached)}/{len(reach)} seeds)" if reached else "never",
+        spread(ratio) if ratio else "-",
+        spread([r["drift_share"] for r in runs]),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="Base config (default: the embedded demo).")
@@ -107,29 +128,19 @@ def main() -> None:
     machine = f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
     setting = f"{args.steps} steps, max {args.max_new_tokens} new tokens, seeds {args.seeds}"
     print(f"\n{machine}, {time.strftime('%Y-%m-%d')}: {setting}")
-    header = ("method", "s/step", "total s", "tokens gen.", "tokens scored", "not generated", "final acc.",
-              "time to plain's final acc.", "vs plain", "drift monitor share")  # fmt: skip
+    header = ("method", "s/step", "total s", "total vs plain", "tokens gen.", "tokens scored", "not generated",
+              "final acc.", "time to plain's final acc.", "vs plain's total", "drift monitor share")  # fmt: skip
     print(" | ".join(header))
     for name, by_seed in results.items():
-        runs = list(by_seed.values())
-        reach = [time_to(r["curve"], plain[s]["final_accuracy"]) for s, r in by_seed.items()]
-        ratio = [t / plain[s]["train_seconds"] for t, s in zip(reach, by_seed, strict=True) if t is not None]
-        reached = f"{sum(t is not None for t in reach)}/{len(reach)} seeds"
-        row = (
-            name,
-            spread([r["seconds_per_step"] for r in runs]),
-            spread([r["train_seconds"] for r in runs]),
-            spread([r["tokens_generated"] for r in runs]),
-            spread([r["tokens_scored"] for r in runs]),
-            spread([r["tokens_not_generated"] for r in runs]),
-            spread([r["final_accuracy"] for r in runs]),
-            (spread([t for t in reach if t is not None]) + f" ({reached})")
-            if any(t is not None for t in reach)
-            else "never",
-            spread(ratio) if ratio else "-",
-            spread([r["drift_share"] for r in runs]),
-        )
-        print(" | ".join(row))
+        print(" | ".join(summary_row(name, by_seed, plain)))
+    print("\nper seed: training s, final accuracy, time to plain's final accuracy / plain's total")
+    for name, by_seed in results.items():
+        cells = []
+        for seed, r in by_seed.items():
+            reach = time_to(r["curve"], plain[seed]["final_accuracy"])
+            ratio = f"{reach / plain[seed]['train_seconds']:.2f}" if reach is not None else "never"
+            cells.append(f"seed {seed}: {r['train_seconds']:.1f} s, {r['final_accuracy']:.1%}, {ratio}")
+        print(f"{name}: " + "; ".join(cells))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

@@ -20,10 +20,23 @@ def test_solution_writes_every_partial_sum_and_boxes_the_answer():
     assert last_boxed(problem.solution()) == problem.answer == "26"
 
 
-def test_rechecking_habit_never_reaches_an_answer():
-    text = Problem((3, 7, 2, 9, 5)).rechecking_solution(random.Random(0), 120)
+def test_student_scratch_work_rechecks_every_step_and_never_reaches_an_answer():
+    problem = Problem((3, 7, 2, 9, 5))
+    text = problem.rechecking_solution(120)
     assert len(text) == 120
-    assert CHECK_WORD in text and "boxed" not in text
+    chain = ",".join(problem.steps())
+    assert text.startswith(f"{chain}\n{CHECK_WORD}a3+b7=10,{CHECK_WORD}10+c2=12,")
+    assert "boxed" not in text
+
+
+def test_teacher_scratch_work_has_noise_numbers_and_ends_with_the_answer():
+    problem = Problem((3, 7, 2, 9, 5))
+    text = problem.scratch_solution(random.Random(0), (10, 12))
+    chain, scratch, answer = text.split("\n")
+    assert chain == ",".join(problem.steps()) and answer == "\\boxed{26}"
+    items = scratch.removesuffix(",").split(",")
+    assert 10 <= len(items) <= 12
+    assert all(item.startswith(CHECK_WORD) and item.removeprefix(CHECK_WORD).isdigit() for item in items)
 
 
 def test_training_stream_excludes_the_held_out_problems():
@@ -63,3 +76,27 @@ def test_models_are_built_once_and_cached(tmp_path, monkeypatch):
 
 def test_model_references_pass_through_unless_demo():
     assert resolve_model("Qwen/Qwen3-4B") == "Qwen/Qwen3-4B"
+
+
+def test_length_grouped_micro_batches_give_the_whole_batch_gradient():
+    import torch
+
+    from opdctl.demo.models import _backward, _batch, new_model
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = new_model(tokenizer, Recipe(hidden=16, layers=1))
+    rng = random.Random(0)
+    examples = []
+    for _ in range(20):  # lengths from about 20 to about 300 tokens: several micro-batches
+        problem = Problem(tuple(rng.randint(1, 9) for _ in range(rng.randint(2, 10))))
+        answer = problem.rechecking_solution(rng.randint(10, 300))
+        examples.append(([tokenizer.bos_token_id, *tokenizer.encode(problem.prompt)], tokenizer.encode(answer)))
+    input_ids, labels = _batch(examples, tokenizer.pad_token_id)
+    mask = (labels != -100) | (input_ids != tokenizer.pad_token_id)
+    model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+    whole = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    _backward(model, examples, tokenizer.pad_token_id)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, whole[name], atol=1e-6), name

@@ -1,11 +1,12 @@
 """The demo's tiny Llama teacher and student, trained here on first use and cached.
 
-The teacher learns the task from clean worked solutions until its greedy
-accuracy passes a target. The student starts from an early snapshot of the
-teacher's training (before it has learnt to carry reliably) and is then trained
-on its own mixture: clean solutions, and solutions that fall into the
-re-checking habit and never finish. It is weaker in two ways, arithmetic and
-drift, and OPD has something to fix in both.
+The teacher learns the task from worked solutions, a share of them with long scratch
+work whose numbers are noise, until its greedy accuracy passes a target. The student
+starts from an early snapshot of the teacher's training (before it has learnt to
+carry reliably) and is then trained on its own mixture: clean solutions, and
+solutions that re-check their steps on and on and never finish. It is weaker in two
+ways, arithmetic and drift, and OPD has something to fix in the first while
+Prune-OPD keeps the second from costing compute.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.evaluation.grading import last_boxed
 from opdctl.progress import reporter
 
-RECIPE_VERSION = "v1"
+RECIPE_VERSION = "v2"
+MICRO_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,10 @@ class Recipe:
     eval_every: int = 50
     student_snapshot: int = 400
     student_steps: int = 40
-    recheck_share: float = 0.5
-    recheck_length: int = 160
+    scratch_share: float = 0.3
+    scratch_items: tuple[int, int] = (10, 30)
+    recheck_share: float = 0.35
+    recheck_length: int = 440
     seed: int = 0
 
 
@@ -101,7 +105,7 @@ def _build(recipe: Recipe, target: Path) -> None:
         teacher,
         tokenizer,
         recipe,
-        lambda rng: clean_example(rng, tokenizer),
+        lambda rng: teacher_example(rng, tokenizer, recipe),
         recipe.teacher_max_steps,
         "Training the demo teacher",
         validation=validation,
@@ -165,13 +169,23 @@ def clean_example(rng: random.Random, tokenizer: PreTrainedTokenizerBase) -> tup
     return prompt_ids(tokenizer, problem), [*tokenizer.encode(problem.solution()), tokenizer.eos_token_id]
 
 
+def teacher_example(
+    rng: random.Random, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
+) -> tuple[list[int], list[int]]:
+    if rng.random() >= recipe.scratch_share:
+        return clean_example(rng, tokenizer)
+    problem = random_problem(rng)
+    solution = problem.scratch_solution(rng, recipe.scratch_items)
+    return prompt_ids(tokenizer, problem), [*tokenizer.encode(solution), tokenizer.eos_token_id]
+
+
 def student_example(
     rng: random.Random, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
 ) -> tuple[list[int], list[int]]:
     if rng.random() >= recipe.recheck_share:
         return clean_example(rng, tokenizer)
     problem = random_problem(rng)
-    return prompt_ids(tokenizer, problem), tokenizer.encode(problem.rechecking_solution(rng, recipe.recheck_length))
+    return prompt_ids(tokenizer, problem), tokenizer.encode(problem.rechecking_solution(recipe.recheck_length))
 
 
 def train(
@@ -192,13 +206,7 @@ def train(
     with reporter().task(description, max_steps) as advance:
         for step in range(1, max_steps + 1):
             model.train()
-            input_ids, labels = _batch([example(rng) for _ in range(recipe.batch)], tokenizer.pad_token_id)
-            loss = model(
-                input_ids=input_ids,
-                attention_mask=(labels != -100) | (input_ids != tokenizer.pad_token_id),
-                labels=labels,
-            ).loss
-            loss.backward()
+            loss = _backward(model, [example(rng) for _ in range(recipe.batch)], tokenizer.pad_token_id)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -220,6 +228,21 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _backward(model: LlamaForCausalLM, examples: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """Backward of the batch's mean answer-token loss, in micro-batches of similar length (less padding)."""
+    examples = sorted(examples, key=lambda e: len(e[0]) + len(e[1]))
+    answer_tokens = sum(len(answer) for _, answer in examples)
+    total = torch.zeros(())
+    for start in range(0, len(examples), MICRO_BATCH):
+        group = examples[start : start + MICRO_BATCH]
+        input_ids, labels = _batch(group, pad_id)
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100) | (input_ids != pad_id), labels=labels).loss
+        share = loss * sum(len(answer) for _, answer in group) / answer_tokens
+        share.backward()
+        total += share.detach()
+    return total
 
 
 def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

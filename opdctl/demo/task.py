@@ -7,13 +7,16 @@
 Each term carries a letter so that a tiny model finds "the next term" by its
 label rather than by counting, which it learns far more slowly.
 
-Any slip carries into the answer, which is checked exactly. The student was
-pre-trained on solutions that sometimes fall into a habit the teacher never
-shows: after some step it starts re-checking that step, over and over
-("check 10+c2=12,check 10+c2=12,..."), and never reaches an answer. That is drift
-in Prune-OPD's sense: once the prefix leaves the teacher's way of writing, the
-teacher's per-token rewards stop meaning much, and every further token is
-compute spent on a rollout that will not become a solution.
+Any slip carries into the answer, which is checked exactly. Both models sometimes
+do scratch work after the chain, and that is where rollouts drift. The teacher's
+scratch work is long and uninformative: it learned the form ("check 47,check 3,...")
+from solutions whose numbers were noise, so on a stretch of scratch work its
+next-token distribution says nothing about what the student writes, much as a real
+teacher's per-token reward stops meaning much deep into a long exploratory rollout.
+The student's scratch work is its own: it re-checks every step in turn, on and on
+("check 10+c2=12,check 12+d9=21,..."), and never reaches an answer. Because the
+teacher starts scratch work too, OPD gives the student no reason to stop starting
+it: the drift lasts through training, as it does for real students.
 """
 
 from __future__ import annotations
@@ -52,13 +55,17 @@ class Problem:
         """The teacher's way of writing."""
         return ",".join(self.steps()) + f"\n\\boxed{{{self.answer}}}"
 
-    def rechecking_solution(self, rng: random.Random, length: int) -> str:
-        """The student's habit: from a random step on, re-check it forever (cut at ``length``)."""
+    def scratch_solution(self, rng: random.Random, items: tuple[int, int]) -> str:
+        """The teacher's scratch work: the chain, then re-checks whose numbers it never got right, then the answer."""
+        scratch = "".join(f"{CHECK_WORD}{rng.randint(0, 99)}," for _ in range(rng.randint(*items)))
+        return ",".join(self.steps()) + f"\n{scratch}\n\\boxed{{{self.answer}}}"
+
+    def rechecking_solution(self, length: int) -> str:
+        """The student's scratch work: the chain, then re-checking every step in turn, on and on (cut at ``length``)."""
         steps = self.steps()
-        at = rng.randrange(len(steps))
-        text = ",".join(steps[: at + 1]) + ","
+        text = ",".join(steps) + "\n"
         while len(text) < length:
-            text += f"{CHECK_WORD}{steps[at]},"
+            text += "".join(f"{CHECK_WORD}{step}," for step in steps)
         return text[:length]
 
 
