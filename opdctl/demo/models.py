@@ -172,16 +172,18 @@ def clean_example(rng: random.Random, tokenizer: PreTrainedTokenizerBase) -> tup
 def teacher_example(
     rng: random.Random, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
 ) -> tuple[list[int], list[int]]:
+    """A clean solution, or (``scratch_share`` of the time) one with noisy scratch work that ends in the answer."""
     if rng.random() >= recipe.scratch_share:
         return clean_example(rng, tokenizer)
     problem = random_problem(rng)
-    solution = problem.scratch_solution(rng, recipe.scratch_items)
-    return prompt_ids(tokenizer, problem), [*tokenizer.encode(solution), tokenizer.eos_token_id]
+    answer = tokenizer.encode(problem.scratch_solution(rng, recipe.scratch_items))
+    return prompt_ids(tokenizer, problem), [*answer, tokenizer.eos_token_id]
 
 
 def student_example(
     rng: random.Random, tokenizer: PreTrainedTokenizerBase, recipe: Recipe
 ) -> tuple[list[int], list[int]]:
+    """A clean solution, or (``recheck_share`` of the time) one that re-checks on and on, without EOS."""
     if rng.random() >= recipe.recheck_share:
         return clean_example(rng, tokenizer)
     problem = random_problem(rng)
