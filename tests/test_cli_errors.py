@@ -89,6 +89,7 @@ def test_resume_of_something_that_is_not_a_run(tmp_path):
     assert_one_line_error(run_cli("train", "--resume", str(tmp_path)), "not an opdctl run directory")
 
 
+@pytest.mark.slow
 def test_existing_run_directory_is_not_overwritten(tiny_models, tmp_path):
     config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 1})
     path = write_config(tmp_path / "c.yaml", config)
@@ -111,6 +112,7 @@ def nan_teacher(tiny_models, tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_non_finite_loss_skips_steps_then_stops_with_an_intact_run(tiny_models, tmp_path, nan_teacher):
     result = _bad_run(
         tiny_models, tmp_path, teacher={"model": str(nan_teacher)}, optim={"steps": 10, "max_nonfinite_steps": 3}

@@ -4,6 +4,7 @@ import json
 import random
 from itertools import islice
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from opdctl.demo import resolve_model
@@ -57,6 +58,7 @@ def test_tokenizer_round_trips_with_chat_template(tmp_path):
     assert loaded.get_vocab() == tokenizer.get_vocab()
 
 
+@pytest.mark.slow
 def test_models_are_built_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("OPDCTL_CACHE", str(tmp_path))
     recipe = Recipe(

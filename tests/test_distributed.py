@@ -40,6 +40,7 @@ def _weights(run, step: int = 3) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(run / "checkpoints" / f"step_{step:06d}").state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("parallel", "truncate"), [("ddp", False), ("ddp", True), ("fsdp", False), ("fsdp", True)])
 def test_two_processes_end_with_the_weights_of_one(tiny_models, tmp_path, parallel, truncate):
     """With fsdp the one process runs the same config (a no-op there) and the two shard the student."""
@@ -74,6 +75,7 @@ def test_uneven_split_is_refused():
         World(rank=0, size=3).share(8)
 
 
+@pytest.mark.slow
 def test_fsdp_resumes_where_it_stopped(tiny_models, tmp_path):
     """A sharded run resumed from its step-2 checkpoint (weights and optimizer state) ends as if never stopped."""
     config = tiny_config(tiny_models, tmp_path / "whole", optim={"steps": 3, "prompts_per_step": 4})

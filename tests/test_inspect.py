@@ -12,6 +12,8 @@ from opdctl.inspect import RunTraces, position_profile, rollout_view, summarize
 
 from .conftest import tiny_config, write_config
 
+pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
+
 
 def run_cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])

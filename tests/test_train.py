@@ -21,6 +21,8 @@ from opdctl.rundir import RunDir
 
 from .conftest import read_metrics, tiny_config, write_config
 
+pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
+
 TIMING = {"generate_seconds", "score_seconds", "update_seconds", "drift_seconds", "elapsed_seconds"}
 STEP_KEYS = {
     "step",
@@ -129,7 +131,8 @@ def test_learning_rate_follows_the_schedule(tiny_models, tmp_path, schedule, war
     assert lrs == pytest.approx([1e-3 * f for f in expected], abs=1e-12)
 
 
-def test_sampled_estimator_and_top_p_metric_run(tiny_models, tmp_path):
+def test_sampled_estimator_and_top_p_metric_follow_their_formulas(tiny_models, tmp_path):
+    """Every token is traced, so the logged loss recomputes from the traces: -sum m_t A_t log p(y_t) / tokens."""
     config = tiny_config(
         tiny_models,
         tmp_path / "run",
@@ -137,7 +140,14 @@ def test_sampled_estimator_and_top_p_metric_run(tiny_models, tmp_path):
         prune={"metric": "teacher_top_p", "threshold": 0.9},
     )
     train(write_config(tmp_path / "c.yaml", config))
-    assert len([r for r in read_metrics(tmp_path / "run") if "eval" not in r]) == 4
+    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
+    tokens = pq.read_table(tmp_path / "run" / "traces" / "tokens").to_pandas()
+    assert set(tokens["signal"]) <= {0.0, 1.0} and (tokens["bad"] == (tokens["signal"] == 0.0)).all()
+    for record in steps:
+        mine = tokens[tokens.step == record["step"]]
+        advantage = mine.teacher_logprob - mine.student_logprob
+        expected = -(mine.loss_weight * advantage * mine.student_logprob).sum() / len(mine)
+        assert record["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 def test_in_training_evaluation_is_logged(tiny_models, tmp_path):

@@ -39,7 +39,7 @@ def _query(rollouts: Rollouts) -> torch.Tensor:
     return torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 16])
+@pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 5, 16])
 def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tiny_models, chunk):
     config = validate({**SETTINGS, "rollout": {**SETTINGS["rollout"], "chunk_tokens": chunk}})
     student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
@@ -87,6 +87,7 @@ def _trim(scores, width):
     return TeacherScores(scores.topk_ids[:, :width], scores.topk_logprobs[:, :width], scores.query_logprobs[:, :width])
 
 
+@pytest.mark.slow
 def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path):
     config = tiny_config(
         tiny_models,

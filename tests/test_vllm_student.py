@@ -16,6 +16,8 @@ from opdctl_hf import HFStudent
 from .conftest import read_metrics, tiny_config, write_config
 from .vllm_server import REPO, VLLMServer, unavailable, vllm_python
 
+pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
+
 LONG_PROMPT = [1, 21, 18, *range(4, 30)] * 5 + [20, 18]  # 152 tokens: beyond one 128-token cache block
 SERVER = dict(
     extra_args=("--logprobs-mode", "raw_logprobs", "--enable-lora", "--max-lora-rank", "16"),

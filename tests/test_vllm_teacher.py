@@ -26,6 +26,8 @@ from opdctl_vllm import VLLMTeacher
 from .conftest import read_metrics, tiny_config, write_config
 from .vllm_server import VLLMServer
 
+pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
+
 PROMPTS = [prompt_ids(build_tokenizer(), p) for p in held_out(12)]
 
 
