@@ -19,7 +19,7 @@ from opdctl.backends import Sampling
 from opdctl.config import validate
 from opdctl.data import chat_prompt
 from opdctl.demo.task import held_out
-from opdctl.trainer import opd_loss
+from opdctl.losses import opd_loss
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_vllm import VLLMTeacher
 
@@ -48,7 +48,7 @@ def main() -> None:
     student = HFStudent(HFStudent.Config(model=args.student_path or args.model_path))
     prompts = [chat_prompt(student.tokenizer, p.prompt, True) for p in held_out(args.rollouts)]
     rollouts = student.generate(prompts, Sampling(160, temperature=1.0, record_topk=args.k, seed=0))
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     exact_scores = HFTeacher(HFTeacher.Config(model=args.model_path)).score(rollouts, query, 4)
     exact_loss, exact_grad = loss_and_grad(student, rollouts, query, exact_scores, "bound", args.k)
     mask = rollouts.mask.unsqueeze(-1).expand_as(query[..., : args.k])

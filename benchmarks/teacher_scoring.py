@@ -57,7 +57,7 @@ def main() -> None:
     prompts = [chat_prompt(student.tokenizer, p.prompt, True) for p in held_out(args.rollouts)]
     sampling = Sampling(args.max_new_tokens, temperature=1.0, record_topk=16, seed=0)
     rollouts = student.generate(prompts, sampling)
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     tokens = int(rollouts.mask.sum())
     sequences = [p + r for p, r in zip(rollouts.prompt_ids, rollouts.responses(), strict=True)]
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
@@ -97,16 +97,14 @@ def main() -> None:
 
     def sequential() -> None:
         out = student.generate(prompts, sampling)
-        served.score(out, torch.cat([out.topk_ids, out.response_ids.unsqueeze(-1)], -1), 16)
+        served.score(out, out.query_ids(), 16)
 
     def overlapped() -> None:
         pending = []
         out = student.generate(
             prompts,
             sampling,
-            on_finished=lambda rows, part: pending.append(
-                (rows, served.submit(part, torch.cat([part.topk_ids, part.response_ids.unsqueeze(-1)], -1), 16))
-            ),
+            on_finished=lambda rows, part: pending.append((rows, served.submit(part, part.query_ids(), 16))),
         )
         TeacherScores.gather([(rows, p.result()) for rows, p in pending], len(out), out.response_ids.shape[1])
 

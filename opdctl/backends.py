@@ -1,15 +1,6 @@
-"""Teacher and student backends: the data they exchange, their protocols, and the plugin registry.
+"""Teacher and student backends: the data they exchange and their protocols.
 
-Backends are found through Python entry points (groups ``opdctl.teachers`` and
-``opdctl.students``), so a third-party package adds one by declaring, in its
-own pyproject.toml::
-
-    [project.entry-points."opdctl.teachers"]
-    mybackend = "my_package:MyTeacher"
-
-The object an entry point names is a class with a ``Config`` attribute (a
-subclass of :class:`opdctl.config.BackendConfig`) and a constructor taking that
-config. opdctl never imports a backend by name.
+Backends are plugins found through entry points (:mod:`opdctl.registry`).
 """
 
 from __future__ import annotations
@@ -17,12 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
-
-from opdctl.errors import BackendError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -30,10 +18,31 @@ if TYPE_CHECKING:
     from opdctl.config import BackendConfig
     from opdctl.distributed import World
 
-GROUPS = {"teacher": "opdctl.teachers", "student": "opdctl.students", "rollout": "opdctl.rollout_engines"}
-CONFIG_KEYS = {"teacher": "teacher.backend", "student": "student.backend", "rollout": "student.rollout"}
 FinishedCallback = Callable[[list[int], "Rollouts"], None]
 FINISH_REASONS = ("eos", "length", "drift")
+
+
+class QueryLayout:
+    """What the teacher is asked about at each response position: the last axis of query ids and their log-probs.
+
+    Columns ``0..k-1`` are the student's top-k candidates S_t (best first), column ``k``
+    is the sampled token y_t: ``[B, T, k + 1]``.
+    """
+
+    @staticmethod
+    def ids(topk_ids: torch.Tensor, sampled_ids: torch.Tensor) -> torch.Tensor:
+        """Query ids from the student's top-k ``[..., k]`` and the sampled ids ``[...]``."""
+        return torch.cat([topk_ids, sampled_ids.unsqueeze(-1)], dim=-1)
+
+    @staticmethod
+    def candidates(values: torch.Tensor) -> torch.Tensor:
+        """The top-k candidates' columns ``[..., k]``."""
+        return values[..., :-1]
+
+    @staticmethod
+    def sampled(values: torch.Tensor) -> torch.Tensor:
+        """The sampled token's column ``[...]``."""
+        return values[..., -1]
 
 
 @dataclass
@@ -95,6 +104,10 @@ class Rollouts:
             finish_reasons=list(finish_reasons),
         )
 
+    def query_ids(self) -> torch.Tensor:
+        """``[B, T, k + 1]`` ids the teacher is asked about (:class:`QueryLayout`)."""
+        return QueryLayout.ids(self.topk_ids, self.response_ids)
+
     def responses(self) -> list[list[int]]:
         """Each response's token ids, without padding."""
         return [row[:n].tolist() for row, n in zip(self.response_ids, self.lengths.tolist(), strict=True)]
@@ -113,6 +126,10 @@ class GeneratedChunk:
     tokens: torch.Tensor  # [b, stop - start]
     topk_ids: torch.Tensor  # [b, stop - start, k]
     topk_logprobs: torch.Tensor  # [b, stop - start, k]
+
+    def query_ids(self) -> torch.Tensor:
+        """``[b, stop - start, k + 1]`` ids the teacher is asked about (:class:`QueryLayout`)."""
+        return QueryLayout.ids(self.topk_ids, self.tokens)
 
 
 class GenerationMonitor(Protocol):
@@ -272,23 +289,3 @@ class Student(Protocol):
 
     def close(self) -> None:
         """Release models and processes."""
-
-
-def installed(kind: str) -> dict[str, EntryPoint]:
-    """The installed backends of ``kind`` ('teacher' or 'student'), by name."""
-    return {ep.name: ep for ep in entry_points(group=GROUPS[kind])}
-
-
-def backend_class(kind: str, name: str) -> type:
-    """Load the class registered for backend ``name``; unknown names list what is installed."""
-    available = installed(kind)
-    if name not in available:
-        names = ", ".join(sorted(available)) or "none"
-        raise BackendError(
-            f"unknown {kind} backend {name!r}: installed {kind} backends are {names} "
-            f"(set {CONFIG_KEYS[kind]} to one of them, or install the plugin that provides {name!r})"
-        )
-    try:
-        return available[name].load()
-    except Exception as exc:  # a broken plugin must not take the whole CLI down with a traceback
-        raise BackendError(f"{kind} backend {name!r} failed to load ({available[name].value}): {exc}") from exc

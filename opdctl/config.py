@@ -1,6 +1,6 @@
 """The run configuration: a typed schema, YAML files, dotted command-line overrides.
 
-Schema defaults are the paper's (ALGORITHM.md); ``opdctl train`` without ``-c``
+Schema defaults are the paper's (docs/algorithm.md); ``opdctl train`` without ``-c``
 starts from the embedded demo config instead. Every error names the full key
 path, the bad value and what is allowed.
 """
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from opdctl.errors import ConfigError
+from opdctl.registry import DRIFT_METRICS, LOSS_ESTIMATORS, Registry, backend_class, installed
 
 FiniteFloat = Field(allow_inf_nan=False)
 
@@ -74,9 +75,7 @@ class RolloutConfig(Section):
 class LossConfig(Section):
     """The reverse-KL estimator."""
 
-    estimator: Literal["topk", "sampled"] = Field(
-        "topk", description="topk: over the student's top-k S_t; sampled: k1 on the sampled token."
-    )
+    estimator: str = Field("topk", description="A registered loss estimator (listed below).")
     k: int = Field(16, ge=1, description="Size of the student's candidate set S_t.")
     weighting: Literal["student_p", "teacher_p", "none"] = Field(
         "student_p", description="Candidate weights w_t(v): softmax of student or teacher log-probs on S_t, or uniform."
@@ -87,16 +86,17 @@ class LossConfig(Section):
         "returned log-prob (bound) or leaves S_t (drop).",
     )
 
+    @field_validator("estimator")
+    @classmethod
+    def _check_estimator(cls, name: str) -> str:
+        return _registered(LOSS_ESTIMATORS, name)
+
 
 class PruneConfig(Section):
     """Prune-OPD's drift monitor and reliability weights."""
 
     enable: bool = Field(True, description="false gives plain OPD (every weight 1).")
-    metric: Literal["overlap_ratio", "teacher_top_p", "weighted_overlap"] = Field(
-        "overlap_ratio",
-        description="overlap_ratio: |S_t ∩ T_t|/k; teacher_top_p: y_t in the teacher's top-p nucleus; "
-        "weighted_overlap: student probability on S_t ∩ T_t over its probability on S_t.",
-    )
+    metric: str = Field("overlap_ratio", description="A registered drift metric (listed below).")
     k: int | None = Field(None, ge=1, description="Top-k size of the drift metric (<= loss.k); null means loss.k.")
     threshold: float = Field(
         0.7, gt=0, le=1, allow_inf_nan=False, description="Bad event: overlap below it, or the top-p for teacher_top_p."
@@ -108,6 +108,20 @@ class PruneConfig(Section):
     w_base: float = Field(
         0.5, ge=0, allow_inf_nan=False, description="Added to every valid token's weight: m_t = w_t + w_base."
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, name: str) -> str:
+        return _registered(DRIFT_METRICS, name)
+
+
+def _registered(registry: Registry, name: str) -> str:
+    if name not in registry.all():
+        raise ValueError(
+            f"{registry.key}={name!r}: input should be {registry.allowed()} "
+            f"(or install a plugin that registers {name!r} in {registry.group!r})"
+        )
+    return name
 
 
 class BudgetConfig(Section):
@@ -301,8 +315,6 @@ def validate(raw: dict[str, Any]) -> Config:
 
 def _backend_section(kind: str, section: Any) -> BackendConfig:
     """Validate a teacher/student section against the schema of the backend it names."""
-    from opdctl.backends import backend_class
-
     if isinstance(section, BackendConfig):
         return section
     if not isinstance(section, dict):
@@ -359,9 +371,7 @@ def resolve_run_dir(template: str) -> Path:
 
 
 def reference_markdown() -> str:
-    """The config reference (docs/config.md): every section and key with its default and meaning."""
-    from opdctl.backends import backend_class, installed
-
+    """The config reference (docs/config.md): every section and key, registered metrics and estimators, backends."""
     lines = [
         "# Configuration reference",
         "",
@@ -373,6 +383,8 @@ def reference_markdown() -> str:
     for name, field in Config.model_fields.items():
         if name not in ("seed", "student", "teacher"):
             lines += _section_table(name, field.annotation)
+    for registry in (DRIFT_METRICS, LOSS_ESTIMATORS):
+        lines += _registry_table(registry)
     for kind in ("student", "teacher"):
         for backend in sorted(installed(kind)):
             schema = backend_class(kind, backend).Config
@@ -384,6 +396,19 @@ def reference_markdown() -> str:
 def _section_table(title: str, schema: type[BaseModel]) -> list[str]:
     rows = [f"## {title}", "", (schema.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]
     return [*rows, *_key_rows(schema, ""), ""]
+
+
+def _registry_table(registry: Registry) -> list[str]:
+    rows = [
+        f"## Registered {registry.what}s (`{registry.key}`)",
+        "",
+        "| name | provided by | meaning |",
+        "|---|---|---|",
+    ]
+    rows += [
+        f"| `{name}` | {provider} | {meaning.replace('|', '/')} |" for name, provider, meaning in registry.describe()
+    ]
+    return [*rows, "", f"A plugin adds one through the entry-point group `{registry.group}` (docs/algorithm.md).", ""]
 
 
 def _key_rows(schema: type[BaseModel], prefix: str) -> list[str]:

@@ -1,8 +1,12 @@
-"""Prune-OPD's drift signal and monotone reliability weights (ALGORITHM.md, "Drift signal").
+"""Prune-OPD's drift signal and monotone reliability weights (docs/algorithm.md, "Drift signal").
 
-All functions are pure tensor maps over a batch of rollouts: ``[B, T]`` per-token
+The formulas are pure tensor maps over a batch of rollouts: ``[B, T]`` per-token
 tensors, ``[B, T, k]`` top-k tensors, and a boolean ``mask`` that is true on valid
-(unpadded) response positions.
+(unpadded) response positions. Drift metrics are registered in
+:data:`opdctl.registry.DRIFT_METRICS`: each is a function ``(view, threshold) -> [B, T]``
+over a :class:`DriftView`, and a position is a bad event when its value is below
+``prune.threshold``. :func:`judge` is the one place both the whole-rollout path
+(:func:`measure_drift`) and the streaming monitor turn a view into weights.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-METRICS = ("overlap_ratio", "teacher_top_p", "weighted_overlap")
+from opdctl.backends import Rollouts, TeacherScores
+from opdctl.config import Config, PruneConfig
+from opdctl.registry import DRIFT_METRICS
+
 WEIGHT_EPS = 1e-8  # a token counts towards the effective length while w_t > WEIGHT_EPS
 
 
@@ -56,20 +63,12 @@ def top_p_acceptance(
     return ((ids == sampled.unsqueeze(-1)) & in_nucleus).any(-1)
 
 
-def bad_events(signal: torch.Tensor, mask: torch.Tensor, metric: str, threshold: float) -> torch.Tensor:
-    """Boolean bad-event flags on valid positions.
+def bad_events(signal: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Boolean bad-event flags on valid positions: the metric's value is below ``threshold``.
 
-    ``signal`` is the overlap value (``overlap_ratio``, ``weighted_overlap``:
-    bad when below ``threshold``) or the acceptance flag (``teacher_top_p``:
-    bad when not accepted).
+    (``teacher_top_p`` gives 1 or 0, so with a threshold in (0, 1] a bad event is a rejection.)
     """
-    if metric == "teacher_top_p":
-        bad = ~signal.bool()
-    elif metric in METRICS:
-        bad = signal < threshold
-    else:
-        raise ValueError(f"unknown drift metric {metric!r}; expected one of {METRICS}")
-    return bad & mask
+    return (signal < threshold) & mask
 
 
 @dataclass(frozen=True)
@@ -112,21 +111,73 @@ def first_bad_position(bad: torch.Tensor) -> torch.Tensor:
     return torch.where(any_bad, first, torch.full_like(first, -1))
 
 
-def drift_signal(
-    metric: str,
-    *,
-    student_topk: torch.Tensor,
-    student_topk_logprobs: torch.Tensor,
-    teacher_topk: torch.Tensor,
-    teacher_topk_logprobs: torch.Tensor,
-    sampled: torch.Tensor,
-    threshold: float,
-) -> torch.Tensor:
-    """The configured metric's per-token value (acceptance as 0/1 for ``teacher_top_p``)."""
-    if metric == "overlap_ratio":
-        return overlap_ratio(student_topk, teacher_topk)
-    if metric == "weighted_overlap":
-        return weighted_overlap(student_topk, student_topk_logprobs, teacher_topk)
-    if metric == "teacher_top_p":
-        return top_p_acceptance(sampled, teacher_topk, teacher_topk_logprobs, threshold).float()
-    raise ValueError(f"unknown drift metric {metric!r}; expected one of {METRICS}")
+@dataclass(frozen=True)
+class DriftView:
+    """What a drift metric sees at each position: both models' top-k (ids, log-probs) and the sampled id."""
+
+    student_topk: torch.Tensor  # [B, T, k] ids, best first
+    student_topk_logprobs: torch.Tensor  # [B, T, k]
+    teacher_topk: torch.Tensor  # [B, T, k] ids, best first
+    teacher_topk_logprobs: torch.Tensor  # [B, T, k]
+    sampled: torch.Tensor  # [B, T] ids
+
+    @classmethod
+    def of(
+        cls, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, sampled: torch.Tensor, scores: TeacherScores, k: int
+    ) -> DriftView:
+        """The first ``k`` of the student's recorded top-k and of the teacher's scores."""
+        return cls(topk_ids[..., :k], topk_logprobs[..., :k], scores.topk_ids[..., :k], scores.topk_logprobs[..., :k],
+                   sampled)  # fmt: skip
+
+
+@DRIFT_METRICS.register("overlap_ratio")
+def overlap_ratio_metric(view: DriftView, threshold: float) -> torch.Tensor:
+    """o_t, the share of the student's top-k S_t that is also in the teacher's top-k T_t (the paper's)."""
+    return overlap_ratio(view.student_topk, view.teacher_topk)
+
+
+@DRIFT_METRICS.register("teacher_top_p")
+def teacher_top_p_metric(view: DriftView, threshold: float) -> torch.Tensor:
+    """1 if y_t is in the teacher's top-p nucleus (p = prune.threshold) within its top-k, else 0."""
+    return top_p_acceptance(view.sampled, view.teacher_topk, view.teacher_topk_logprobs, threshold).float()
+
+
+@DRIFT_METRICS.register("weighted_overlap")
+def weighted_overlap_metric(view: DriftView, threshold: float) -> torch.Tensor:
+    """The student's probability on S_t ∩ T_t over its probability on S_t (opdctl's own)."""
+    return weighted_overlap(view.student_topk, view.student_topk_logprobs, view.teacher_topk)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The configured metric's value, bad events and weights at each position of a view."""
+
+    signal: torch.Tensor  # [B, T], 0 on padding
+    bad: torch.Tensor  # [B, T] bool
+    weights: Weights
+
+
+def judge(view: DriftView, mask: torch.Tensor, prune: PruneConfig, earlier: torch.Tensor | None = None) -> Judgement:
+    """Signal, bad events and reliability weights; ``earlier`` counts each row's bad events before the view."""
+    signal = DRIFT_METRICS.get(prune.metric)(view, prune.threshold)
+    bad = bad_events(signal, mask, prune.threshold)
+    return Judgement(signal * mask, bad, reliability_weights(bad, mask, prune.w_drop, prune.w_base, earlier))
+
+
+@dataclass
+class StepDrift:
+    """What the drift monitor concluded about one batch."""
+
+    overlap: torch.Tensor  # o_t, the paper's overlap ratio (logged whatever the metric)
+    signal: torch.Tensor  # the configured metric's value
+    bad: torch.Tensor
+    weights: Weights
+
+
+def measure_drift(config: Config, rollouts: Rollouts, scores: TeacherScores) -> StepDrift:
+    """Overlap, bad events and weights of a scored batch (plain OPD keeps every weight at 1)."""
+    mask = rollouts.mask
+    view = DriftView.of(rollouts.topk_ids, rollouts.topk_logprobs, rollouts.response_ids, scores, config.prune_k)
+    judged = judge(view, mask, config.prune)
+    weights = judged.weights if config.prune.enable else uniform_weights(mask)
+    return StepDrift(overlap_ratio(view.student_topk, view.teacher_topk) * mask, judged.signal, judged.bad, weights)

@@ -1,17 +1,26 @@
-"""The two reverse-KL estimators of on-policy distillation (ALGORITHM.md, "On-policy distillation").
+"""The reverse-KL estimators of on-policy distillation (docs/algorithm.md, "On-policy distillation").
 
-Both return the batch loss as a token mean: the sum over tokens of
+Every estimator returns the batch loss as a token mean: the sum over tokens of
 ``loss_weight * per-token loss`` divided by ``num_tokens``, the number of valid
 response tokens in the whole optimizer step (so that gradient accumulation over
 micro-batches gives the same gradient as one large batch). Advantages are
 constants: the gradient flows through the student's log-probs only.
+
+Estimators are registered in :data:`opdctl.registry.LOSS_ESTIMATORS`: each is a
+function ``(inputs, config) -> loss`` over :class:`LossInputs` and the ``loss``
+config section; :func:`opd_loss` applies the configured one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-ESTIMATORS = ("topk", "sampled")
+from opdctl.backends import QueryLayout
+from opdctl.config import Config, LossConfig
+from opdctl.registry import LOSS_ESTIMATORS
+
 WEIGHTINGS = ("student_p", "teacher_p", "none")
 
 
@@ -74,6 +83,47 @@ def sampled_reverse_kl(
     advantage = (teacher_logprobs - student_logprobs).detach()
     per_token = -advantage * student_logprobs
     return (per_token * loss_weight).sum() / num_tokens
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What an estimator sees of a micro-batch: log-probs over the :class:`QueryLayout` and the weights m_t."""
+
+    student: torch.Tensor  # [B, T, k+1] with gradient
+    teacher: torch.Tensor  # [B, T, k+1]
+    loss_weight: torch.Tensor  # [B, T] m_t, 0 on padding
+    num_tokens: int  # valid tokens in the whole optimizer step
+    teacher_exact: torch.Tensor | None = None  # [B, T, k+1] bool: which teacher values are exact (served teachers)
+
+
+@LOSS_ESTIMATORS.register("topk")
+def topk_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
+    """Reverse KL over the student's top-k S_t with candidate weights loss.weighting (the paper's)."""
+    candidates = None
+    if inputs.teacher_exact is not None and config.absent_candidates == "drop":
+        candidates = QueryLayout.candidates(inputs.teacher_exact)
+    student, teacher = QueryLayout.candidates(inputs.student), QueryLayout.candidates(inputs.teacher)
+    return topk_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, config.weighting, candidates)
+
+
+@LOSS_ESTIMATORS.register("sampled")
+def sampled_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
+    """k1 on the sampled token y_t alone."""
+    student, teacher = QueryLayout.sampled(inputs.student), QueryLayout.sampled(inputs.teacher)
+    return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens)
+
+
+def opd_loss(
+    config: Config,
+    student_lp: torch.Tensor,
+    teacher_lp: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+    teacher_exact: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The configured estimator on ``[B, T, k+1]`` log-probs in the query layout."""
+    inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact)
+    return LOSS_ESTIMATORS.get(config.loss.estimator)(inputs, config.loss)
 
 
 def reverse_kl_estimate(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> float:

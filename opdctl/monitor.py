@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from opdctl import drift
 from opdctl.backends import GeneratedChunk, TeacherScores, TeacherStream
 from opdctl.config import Config
+from opdctl.drift import DriftView, judge
 
 
 class DriftMonitor:
@@ -42,25 +42,16 @@ class DriftMonitor:
         new = chunk.lengths - chunk.start
         width = chunk.tokens.shape[1]
         valid = torch.arange(width).unsqueeze(0) < new.unsqueeze(1)
-        query = torch.cat([chunk.topk_ids, chunk.tokens.unsqueeze(-1)], dim=-1)
+        query = chunk.query_ids()
         scoring = time.perf_counter()
         scores = self.stream.extend(chunk.rows, chunk.tokens, new, query, k)
         started += time.perf_counter() - scoring
         self._store(rows, chunk.start, width, scores)
-        signal = drift.drift_signal(
-            cfg.prune.metric,
-            student_topk=chunk.topk_ids[..., :k],
-            student_topk_logprobs=chunk.topk_logprobs[..., :k],
-            teacher_topk=scores.topk_ids[..., :k],
-            teacher_topk_logprobs=scores.topk_logprobs[..., :k],
-            sampled=chunk.tokens,
-            threshold=cfg.prune.threshold,
-        )
-        bad = drift.bad_events(signal, valid, cfg.prune.metric, cfg.prune.threshold)
-        weights = drift.reliability_weights(bad, valid, cfg.prune.w_drop, cfg.prune.w_base, self.bad_so_far[rows])
-        self.bad_so_far[rows] += bad.sum(-1)
+        view = DriftView.of(chunk.topk_ids, chunk.topk_logprobs, chunk.tokens, scores, k)
+        judged = judge(view, valid, cfg.prune, self.bad_so_far[rows])
+        self.bad_so_far[rows] += judged.bad.sum(-1)
         self.scored[rows] = chunk.lengths
-        spent = (weights.weight <= cfg.prune.stop_weight) & valid
+        spent = (judged.weights.weight <= cfg.prune.stop_weight) & valid
         stops = {row: chunk.start + int(spent[i].int().argmax()) for i, row in enumerate(chunk.rows) if spent[i].any()}
         self.seconds += time.perf_counter() - started
         return stops

@@ -7,16 +7,13 @@ Each training process builds the outcome of its own rollouts; outcomes are joine
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from opdctl.backends import FINISH_REASONS, Rollouts, TeacherScores
-from opdctl.drift import first_bad_position
+from opdctl.backends import FINISH_REASONS, QueryLayout, Rollouts, TeacherScores
+from opdctl.drift import StepDrift, first_bad_position
 from opdctl.losses import reverse_kl_estimate
-
-if TYPE_CHECKING:
-    from opdctl.trainer import StepDrift
 
 
 @dataclass
@@ -59,7 +56,7 @@ class StepOutcome:
             bad=measured.bad.cpu(),
             weight=measured.weights.weight.cpu(),
             loss_weight=measured.weights.loss_weight.cpu(),
-            teacher_logprob=scores.query_logprobs[..., -1].cpu(),
+            teacher_logprob=QueryLayout.sampled(scores.query_logprobs).cpu(),
             student_logprob=student_logprob.cpu(),
             rollout_logprob=rollouts.sampled_logprobs.cpu(),
             teacher_top1=scores.topk_ids[..., 0].cpu(),

@@ -24,75 +24,26 @@ from typing import Any
 import torch
 from transformers import get_scheduler
 
-from opdctl import drift, losses
-from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores, backend_class
+from opdctl.backends import QueryLayout, Rollouts, Sampling, Student, Teacher, TeacherScores
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
 from opdctl.config import BackendConfig, Config, resolve_run_dir, validate
 from opdctl.data import PromptSampler, PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
+from opdctl.drift import measure_drift
 from opdctl.errors import BackendError, ConfigError, RunError
 from opdctl.evaluation.benchmarks import Benchmark, load_benchmarks
 from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.runner import Settings, evaluate
+from opdctl.losses import opd_loss
 from opdctl.monitor import DriftMonitor
 from opdctl.outcome import StepOutcome
 from opdctl.progress import reporter
+from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
 from opdctl.traces import trace_tables
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-
-
-@dataclass
-class StepDrift:
-    """What the drift monitor concluded about one batch."""
-
-    overlap: torch.Tensor  # o_t, the paper's overlap ratio (logged whatever the metric)
-    signal: torch.Tensor  # the configured metric's value
-    bad: torch.Tensor
-    weights: drift.Weights
-
-
-def measure_drift(config: Config, rollouts: Rollouts, scores: TeacherScores) -> StepDrift:
-    """Overlap, bad events and weights of a scored batch (plain OPD keeps every weight at 1)."""
-    k, mask = config.prune_k, rollouts.mask
-    student_topk, teacher_topk = rollouts.topk_ids[..., :k], scores.topk_ids[..., :k]
-    signal = drift.drift_signal(
-        config.prune.metric,
-        student_topk=student_topk,
-        student_topk_logprobs=rollouts.topk_logprobs[..., :k],
-        teacher_topk=teacher_topk,
-        teacher_topk_logprobs=scores.topk_logprobs[..., :k],
-        sampled=rollouts.response_ids,
-        threshold=config.prune.threshold,
-    )
-    bad = drift.bad_events(signal, mask, config.prune.metric, config.prune.threshold)
-    if config.prune.enable:
-        weights = drift.reliability_weights(bad, mask, config.prune.w_drop, config.prune.w_base)
-    else:
-        weights = drift.uniform_weights(mask)
-    return StepDrift(drift.overlap_ratio(student_topk, teacher_topk) * mask, signal * mask, bad, weights)
-
-
-def opd_loss(
-    config: Config,
-    student_lp: torch.Tensor,
-    teacher_lp: torch.Tensor,
-    loss_weight: torch.Tensor,
-    num_tokens: int,
-    teacher_exact: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The configured estimator on ``[B, T, k+1]`` log-probs (the student's top-k, then the sampled id)."""
-    k = config.loss.k
-    if config.loss.estimator == "sampled":
-        return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens)
-    candidates = None
-    if teacher_exact is not None and config.loss.absent_candidates == "drop":
-        candidates = teacher_exact[..., :k]
-    return losses.topk_reverse_kl(
-        student_lp[..., :k], teacher_lp[..., :k], loss_weight, num_tokens, config.loss.weighting, candidates
-    )
 
 
 def load_backends(
@@ -262,7 +213,7 @@ class Trainer:
         t2 = _now(self.student.device)
         measured = measure_drift(cfg, rollouts, scores)
         drift_seconds = time.perf_counter() - t2 + gen.monitor_seconds
-        update = self.update(rollouts, _query_ids(rollouts), scores, measured.weights.loss_weight)
+        update = self.update(rollouts, rollouts.query_ids(), scores, measured.weights.loss_weight)
         t3 = _now(self.student.device)
 
         local = StepOutcome.of(rollouts, scores, measured, update.pop("student_lp"), gen.generated)
@@ -335,12 +286,12 @@ class Trainer:
             rollouts = self.student.generate(prompts, sampling)
             generated = _now(self.student.device)
             return Generation(
-                rollouts, self.teacher.score(rollouts, _query_ids(rollouts), k), generated, rollouts.lengths
+                rollouts, self.teacher.score(rollouts, rollouts.query_ids(), k), generated, rollouts.lengths
             )
         pending = []
 
         def submit(rows: list[int], part: Rollouts) -> None:
-            pending.append((rows, self.teacher.submit(part, _query_ids(part), k)))
+            pending.append((rows, self.teacher.submit(part, part.query_ids(), k)))
 
         rollouts = self.student.generate(prompts, sampling, on_finished=submit)
         generated = _now(self.student.device)
@@ -379,7 +330,7 @@ class Trainer:
                 )
                 (loss * world.size).backward()
             total_loss += loss.item()
-            sampled_lp[rows, :width] = student_lp[..., -1].detach().float().cpu()
+            sampled_lp[rows, :width] = QueryLayout.sampled(student_lp).detach().float().cpu()
         total_loss = world.sum(total_loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.model.parameters(), cfg.optim.grad_clip or math.inf)
         finite = math.isfinite(total_loss) and bool(torch.isfinite(grad_norm))
@@ -528,11 +479,6 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     for override in overrides:
         apply_override(raw, override)
     return validate(raw)
-
-
-def _query_ids(rollouts: Rollouts) -> torch.Tensor:
-    """What the teacher is asked about at each position: the student's top-k, then the sampled id."""
-    return torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], dim=-1)
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -1,4 +1,4 @@
-"""Drift signal, bad events and monotone weights against hand-computed values (ALGORITHM.md)."""
+"""Drift signal, bad events and monotone weights against hand-computed values (docs/algorithm.md)."""
 
 import math
 
@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from opdctl import drift
+from opdctl.config import validate
+from opdctl.errors import BackendError
+from opdctl.registry import DRIFT_METRICS
 
 
 def test_overlap_ratio_counts_shared_ids():
@@ -70,13 +73,13 @@ def test_top_p_sorts_teacher_top_k_by_probability():
 def test_bad_events_threshold_is_strict_and_respects_padding():
     overlap = torch.tensor([[0.69, 0.7, 0.71, 0.0]])
     mask = torch.tensor([[True, True, True, False]])
-    assert drift.bad_events(overlap, mask, "overlap_ratio", 0.7).tolist() == [[True, False, False, False]]
+    assert drift.bad_events(overlap, mask, 0.7).tolist() == [[True, False, False, False]]
 
 
 def test_bad_events_for_top_p_are_rejections():
     accepted = torch.tensor([[1.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, False]])
-    assert drift.bad_events(accepted, mask, "teacher_top_p", 0.9).tolist() == [[False, True, False]]
+    assert drift.bad_events(accepted, mask, 0.9).tolist() == [[False, True, False]]
 
 
 def test_weights_decay_after_each_bad_event_inclusive():
@@ -133,20 +136,30 @@ def test_first_bad_position():
     assert drift.first_bad_position(bad).tolist() == [2, -1]
 
 
-def test_drift_signal_dispatches_each_metric():
-    student = torch.tensor([[[1, 2]]])
-    teacher = torch.tensor([[[2, 3]]])
-    logprobs = torch.tensor([[[math.log(0.75), math.log(0.25)]]])
-    common = dict(
-        student_topk=student,
-        student_topk_logprobs=logprobs,
-        teacher_topk=teacher,
-        teacher_topk_logprobs=logprobs,
+def test_each_registered_metric_reads_the_view():
+    view = drift.DriftView(
+        student_topk=torch.tensor([[[1, 2]]]),
+        student_topk_logprobs=torch.tensor([[[math.log(0.75), math.log(0.25)]]]),
+        teacher_topk=torch.tensor([[[2, 3]]]),
+        teacher_topk_logprobs=torch.tensor([[[math.log(0.75), math.log(0.25)]]]),
         sampled=torch.tensor([[2]]),
-        threshold=0.7,
     )
-    assert drift.drift_signal("overlap_ratio", **common).item() == 0.5
-    assert drift.drift_signal("weighted_overlap", **common).item() == pytest.approx(0.25)
-    assert drift.drift_signal("teacher_top_p", **common).item() == 1.0
-    with pytest.raises(ValueError, match="unknown drift metric"):
-        drift.drift_signal("nope", **common)
+    values = {name: metric(view, 0.7).item() for name, metric in DRIFT_METRICS.all().items()}
+    assert values == {"overlap_ratio": 0.5, "teacher_top_p": 1.0, "weighted_overlap": pytest.approx(0.25)}
+    with pytest.raises(BackendError, match=r"unknown drift metric 'nope': set prune.metric to 'overlap_ratio', "):
+        DRIFT_METRICS.get("nope")
+
+
+def test_judge_counts_bad_events_from_earlier_chunks():
+    """The streaming monitor judges a chunk at a time: the weights continue from the earlier bad events."""
+    ids = torch.tensor([[[1], [1], [1], [1]]])
+    teacher = torch.tensor([[[1], [2], [1], [2]]])
+    view = drift.DriftView(ids, torch.zeros(1, 4, 1), teacher, torch.zeros(1, 4, 1), torch.zeros(1, 4).long())
+    prune = validate({"prune": {"w_drop": 0.25, "threshold": 0.5}}).prune
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    whole = drift.judge(view, mask, prune)
+    first = drift.judge(drift.DriftView(*(t[:, :2] for t in vars(view).values())), mask[:, :2], prune)
+    rest = drift.judge(drift.DriftView(*(t[:, 2:] for t in vars(view).values())), mask[:, 2:], prune, first.bad.sum(-1))
+    assert whole.bad.tolist() == [[False, True, False, True]]
+    assert torch.equal(torch.cat([first.weights.weight, rest.weights.weight], -1), whole.weights.weight)
+    assert whole.weights.weight.tolist() == [[1.0, 0.75, 0.75, 0.5]]

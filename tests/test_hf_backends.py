@@ -4,9 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from opdctl.backends import Sampling, backend_class, installed
+from opdctl.backends import Sampling
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.errors import BackendError
+from opdctl.registry import backend_class, installed
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_hf.sampling import _choose, _nucleus
 
@@ -33,7 +34,7 @@ def test_generation_records_the_students_top_k_and_sampled_logprobs(backends):
     rollouts = student.generate(PROMPTS, Sampling(max_new_tokens=12, temperature=1.0, record_topk=4, seed=3))
     mask = rollouts.mask
     assert rollouts.response_ids.shape[0] == 3 and rollouts.topk_ids.shape[-1] == 4
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     with torch.no_grad():
         trained = student.logprobs(rollouts, query)
     assert torch.allclose(trained[..., -1][mask], rollouts.sampled_logprobs[mask], atol=1e-5)
@@ -74,7 +75,7 @@ def test_greedy_matches_transformers_generate(backends, tiny_models):
 def test_teacher_top_k_and_queries_equal_a_direct_log_softmax(backends):
     student, teacher = backends
     rollouts = student.generate(PROMPTS, Sampling(max_new_tokens=9, temperature=1.0, record_topk=3, seed=5))
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     scores = teacher.score(rollouts, query, top_k=4)
     for row in range(len(rollouts)):
         ids = torch.tensor([rollouts.prompt_ids[row] + rollouts.responses()[row]])
@@ -92,7 +93,7 @@ def test_teacher_top_k_and_queries_equal_a_direct_log_softmax(backends):
 def test_teacher_scores_do_not_depend_on_chunking_or_batching(backends, tiny_models):
     student, teacher = backends
     rollouts = student.generate(PROMPTS, Sampling(max_new_tokens=9, temperature=1.0, record_topk=3, seed=6))
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     wide = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"]), batch_size=64, logprob_chunk=4096))
     a, b = teacher.score(rollouts, query, 4), wide.score(rollouts, query, 4)
     assert torch.equal(a.topk_ids, b.topk_ids)
@@ -102,7 +103,7 @@ def test_teacher_scores_do_not_depend_on_chunking_or_batching(backends, tiny_mod
 def test_student_logprobs_carry_gradient(backends):
     student, _ = backends
     rollouts = student.generate(PROMPTS, Sampling(max_new_tokens=6, temperature=1.0, record_topk=2, seed=1))
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     logprobs = student.logprobs(rollouts, query)
     (logprobs * rollouts.mask.unsqueeze(-1)).sum().backward()
     grads = [p.grad for p in student.model.parameters() if p.grad is not None]

@@ -13,9 +13,10 @@ from opdctl.config import validate
 from opdctl.demo.models import prompt_ids
 from opdctl.demo.task import held_out
 from opdctl.demo.tokenizer import build_tokenizer
+from opdctl.drift import measure_drift
 from opdctl.errors import ConfigError
+from opdctl.losses import opd_loss
 from opdctl.monitor import DriftMonitor
-from opdctl.trainer import measure_drift, opd_loss
 from opdctl_hf import HFStudent, HFTeacher
 
 from .conftest import read_metrics, tiny_config, write_config
@@ -35,10 +36,6 @@ def _cut(rollouts: Rollouts, lengths: torch.Tensor) -> Rollouts:
     return cut.select(list(range(len(cut))))
 
 
-def _query(rollouts: Rollouts) -> torch.Tensor:
-    return torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
-
-
 @pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 5, 16])
 def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tiny_models, chunk):
     config = validate({**SETTINGS, "rollout": {**SETTINGS["rollout"], "chunk_tokens": chunk}})
@@ -53,7 +50,7 @@ def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tin
     assert "drift" in reasons and len(set(reasons)) > 1, reasons
 
     full = student.generate(PROMPTS, sampling)
-    full_scores = teacher.score(full, _query(full), 2)  # the whole rollouts, then cut
+    full_scores = teacher.score(full, full.query_ids(), 2)  # the whole rollouts, then cut
     reference = _cut(full, truncated.lengths)
     width = reference.response_ids.shape[1]
     mask = truncated.mask
@@ -73,8 +70,8 @@ def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tin
             assert (w > 0).all() and reason == full.finish_reasons[i]
 
     with torch.no_grad():
-        lp_a = student.logprobs(truncated, _query(truncated))
-        lp_b = student.logprobs(reference, _query(reference))
+        lp_a = student.logprobs(truncated, truncated.query_ids())
+        lp_b = student.logprobs(reference, reference.query_ids())
     n = int(mask.sum())
     loss_a = opd_loss(config, lp_a, streamed.query_logprobs, a.weights.loss_weight, n)
     loss_b = opd_loss(config, lp_b, full_scores.query_logprobs[:, :width], b.weights.loss_weight, n)

@@ -18,8 +18,8 @@ from opdctl.config import validate
 from opdctl.demo.models import prompt_ids
 from opdctl.demo.task import held_out
 from opdctl.demo.tokenizer import build_tokenizer
+from opdctl.drift import measure_drift
 from opdctl.errors import BackendError
-from opdctl.trainer import measure_drift
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_vllm import VLLMTeacher
 
@@ -44,7 +44,7 @@ def scored(served_model, vllm_server):
     """One batch of rollouts scored by the HF teacher and by the vLLM teacher serving the same weights."""
     student = HFStudent(HFStudent.Config(model=str(served_model)))
     rollouts = student.generate(PROMPTS, Sampling(max_new_tokens=100, temperature=1.0, record_topk=16, seed=7))
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     hf = HFTeacher(HFTeacher.Config(model=str(served_model)))
     served = vllm_teacher(vllm_server)
     served.check(student.tokenizer, top_k=16, candidates=16)
@@ -76,7 +76,7 @@ def test_drift_and_weights_are_identical(scored, metric):
 def test_absent_candidates_get_an_upper_bound(served_model, vllm_server, scored):
     """With K = 4 < k = 16, absent candidates carry the smallest returned log-prob, which bounds their true one."""
     rollouts, hf, _ = scored
-    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    query = rollouts.query_ids()
     small = vllm_teacher(vllm_server, logprobs=4).score(rollouts, query, 4)
     mask = rollouts.mask.unsqueeze(-1).expand_as(query)
     absent = ~small.query_exact & mask

@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from opdctl.backends import backend_class
 from opdctl.config import format_validation_error
 from opdctl.demo import DEMO_PREFIX, resolve_model
 from opdctl.errors import BackendError, ConfigError, RunError, reason
@@ -23,6 +22,7 @@ from opdctl.evaluation.metrics import BenchmarkScore, overall, score
 from opdctl.evaluation.results import EvalDir
 from opdctl.evaluation.runner import Generator, Settings, context_length, generate_rows
 from opdctl.progress import reporter
+from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
 
 

@@ -10,9 +10,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling, backend_class
+from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling
 from opdctl.distributed import World
 from opdctl.errors import BackendError, ConfigError
+from opdctl.registry import backend_class
 
 from . import sharding
 from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Rollouts, Sampling, TeacherScores
+from opdctl.backends import QueryLayout, Rollouts, Sampling, TeacherScores
 from opdctl.config import BackendConfig
 from opdctl.errors import BackendError
 
@@ -190,8 +190,8 @@ class VLLMTeacherStream:
             prompt_ids=[self.prefixes[row] for row in rows],
             response_ids=tokens,
             lengths=lengths,
-            topk_ids=query_ids[..., :-1],
-            topk_logprobs=torch.zeros(query_ids[..., :-1].shape),
+            topk_ids=QueryLayout.candidates(query_ids),
+            topk_logprobs=torch.zeros(QueryLayout.candidates(query_ids).shape),
             sampled_logprobs=torch.zeros(tokens.shape),
             finish_reasons=[""] * len(rows),
         )

@@ -1,0 +1,57 @@
+"""Drift metrics and loss estimators by name: built-ins, third-party entry points, config validation, the reference."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import pytest
+import torch
+
+from opdctl import registry
+from opdctl.config import reference_markdown, validate
+from opdctl.drift import DriftView
+from opdctl.errors import BackendError, ConfigError
+from opdctl.registry import DRIFT_METRICS, LOSS_ESTIMATORS
+
+
+def always_drifting(view: DriftView, threshold: float) -> torch.Tensor:
+    """Every position is a bad event (a third-party metric for this test)."""
+    return torch.zeros(view.sampled.shape)
+
+
+def install(monkeypatch, *entries: EntryPoint) -> None:
+    """As if a package declared ``entries`` in the entry-point group opdctl.drift_metrics."""
+    real = registry.entry_points
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: list(entries) if group == DRIFT_METRICS.group else real(group=group)
+    )
+    for name in ("_functions", "_providers"):
+        monkeypatch.setattr(DRIFT_METRICS, name, dict(getattr(DRIFT_METRICS, name)))
+    monkeypatch.setattr(DRIFT_METRICS, "_loaded", False)
+
+
+def test_built_ins_are_registered_in_order():
+    assert list(DRIFT_METRICS.all()) == ["overlap_ratio", "teacher_top_p", "weighted_overlap"]
+    assert list(LOSS_ESTIMATORS.all()) == ["topk", "sampled"]
+
+
+def test_config_names_must_be_registered():
+    with pytest.raises(ConfigError, match=r"loss.estimator='full': input should be 'topk' or 'sampled' \(or install"):
+        validate({"loss": {"estimator": "full"}})
+
+
+def test_a_plugin_metric_is_usable_and_listed_in_the_reference(monkeypatch):
+    install(monkeypatch, EntryPoint("always_drifting", f"{__name__}:always_drifting", DRIFT_METRICS.group))
+    assert validate({"prune": {"metric": "always_drifting"}}).prune.metric == "always_drifting"
+    assert DRIFT_METRICS.get("always_drifting") is always_drifting
+    assert "| `always_drifting` | tests.test_registry:always_drifting | Every position is a bad event" in (
+        reference_markdown()
+    )
+
+
+def test_a_broken_plugin_is_one_clear_error(monkeypatch):
+    install(monkeypatch, EntryPoint("broken", "no_such_module:metric", DRIFT_METRICS.group))
+    with pytest.raises(
+        BackendError, match=r"drift metric 'broken' failed to load \(no_such_module:metric\): No module"
+    ):
+        validate({"prune": {"metric": "overlap_ratio"}})
