@@ -22,7 +22,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from opdctl.config import validate
 from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.trainer import start_run
+from opdctl.start import start_run
 
 SHAPES = {
     "student (Qwen2.5-0.5B shape)": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

@@ -25,7 +25,7 @@ import torch
 
 from opdctl.config import load_config
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.trainer import start_run
+from opdctl.start import start_run
 
 METHODS = {
     "plain OPD": ["prune.enable=false", "budget.enable=false", "rollout.truncate_on_drift=false"],

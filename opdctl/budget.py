@@ -1,4 +1,4 @@
-"""Prune-OPD's dynamic response budget (ALGORITHM.md, "Dynamic response budget")."""
+"""Prune-OPD's dynamic response budget (docs/algorithm.md, "The dynamic response budget")."""
 
 from __future__ import annotations
 

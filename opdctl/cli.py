@@ -100,7 +100,7 @@ def train(
     from opdctl.config import load_config
     from opdctl.console import console, stdout, summary_table
     from opdctl.progress import reporting_to
-    from opdctl.trainer import resumed_config, start_run
+    from opdctl.start import resumed_config, start_run
 
     def action() -> None:
         _quiet_libraries()
@@ -323,8 +323,8 @@ def backends(ctx: typer.Context) -> None:
         return
     from rich.table import Table
 
-    from opdctl.backends import installed
     from opdctl.console import stdout
+    from opdctl.registry import installed
 
     table = Table(title="installed backends", header_style="bold")
     for column in ("role", "name", "provided by", "object"):
@@ -350,7 +350,7 @@ def backends_check(
 
     from opdctl.config import load_config
     from opdctl.console import stdout
-    from opdctl.trainer import check_teacher
+    from opdctl.start import check_teacher
 
     def action() -> None:
         _quiet_libraries()

@@ -1,4 +1,4 @@
-"""Prune-OPD's drift signal and monotone reliability weights (docs/algorithm.md, "Drift signal").
+"""Prune-OPD's drift signal and monotone reliability weights (docs/algorithm.md, "The drift signal").
 
 The formulas are pure tensor maps over a batch of rollouts: ``[B, T]`` per-token
 tensors, ``[B, T, k]`` top-k tensors, and a boolean ``mask`` that is true on valid

@@ -2,6 +2,7 @@
 
 Each training process builds the outcome of its own rollouts; outcomes are joined
 (:meth:`StepOutcome.join`) so that metrics and traces describe the whole step.
+:func:`summarize_run` sums the steps' metrics records up for summary.json.
 """
 
 from __future__ import annotations
@@ -119,3 +120,34 @@ class StepOutcome:
 def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     count = int(mask.sum())
     return float((values * mask).sum() / count) if count else 0.0
+
+
+def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, seconds: float) -> dict[str, Any]:
+    """Totals over a run's step records, and each benchmark's latest accuracy before, after and for the teacher."""
+    done = [r for r in records if "eval" not in r]
+    evals = [r for r in records if "eval" in r]
+    return {
+        "run_dir": run_dir,
+        "steps": steps,
+        "seconds": round(seconds, 1),
+        "tokens_generated": sum(r["tokens_generated"] for r in done),
+        "mean_effective_length": _average([r["effective_length"] for r in done]),
+        "mean_response_length": _average([r["response_length"] for r in done]),
+        "final_max_len": done[-1]["next_max_len"] if done else None,
+        "skipped_steps": sum(bool(r["skipped"]) for r in done),
+        "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in done),
+        "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in done),
+        "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in done),
+        "eval": {
+            e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")} for e in evals
+        },
+    }
+
+
+def _average(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _latest(records: list[dict[str, Any]], name: str, when: str) -> float | None:
+    found = [r["accuracy"] for r in records if r["eval"] == name and r["when"] == when]
+    return found[-1] if found else None

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from opdctl.checkpoint import STATE_FILE
 from opdctl.errors import RunError
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
@@ -169,7 +170,7 @@ class RunDir:
         found = []
         for path in self.checkpoints_path.iterdir():
             match = CHECKPOINT_PATTERN.match(path.name)
-            if match and (path / "trainer_state.json").is_file():
+            if match and (path / STATE_FILE).is_file():
                 found.append((int(match.group(1)), path))
         return sorted(found)
 

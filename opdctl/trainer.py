@@ -2,20 +2,19 @@
 
 One step, in order::
 
-    prompts -> student.generate (under the response budget) -> rollouts
-    rollouts -> teacher.score -> teacher top-k, log-probs of the student's top-k and sampled ids
-    drift signal -> bad events -> monotone weights w_t, m_t, effective lengths
-    student log-probs (with gradient) -> reverse-KL loss weighted by m_t -> optimizer step
-    effective lengths -> budget for the next step
-    metrics.jsonl, traces, checkpoints
+    prompts -> student.generate (under the response budget) -> rollouts       (opdctl.generation)
+    rollouts -> teacher.score -> teacher top-k, log-probs of the query ids      (opdctl.generation)
+    drift signal -> bad events -> monotone weights w_t, m_t, effective lengths  (opdctl.drift)
+    student log-probs (with gradient) -> reverse-KL loss weighted by m_t -> optimizer step  (opdctl.losses)
+    effective lengths -> budget for the next step                               (opdctl.budget)
+    metrics.jsonl, traces, checkpoints                                          (opdctl.outcome, opdctl.rundir)
+
+Runs start in :mod:`opdctl.start`; the checkpointed state is :class:`opdctl.checkpoint.TrainerState`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,68 +25,34 @@ from transformers import get_scheduler
 
 from opdctl.backends import QueryLayout, Rollouts, Sampling, Student, Teacher, TeacherScores
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
-from opdctl.config import BackendConfig, Config, resolve_run_dir, validate
-from opdctl.data import PromptSampler, PromptSet, load_prompts
-from opdctl.distributed import World, device_for, setup_world
+from opdctl.checkpoint import OPTIMIZER_FILE, TrainerState
+from opdctl.config import Config
+from opdctl.data import PromptSampler, PromptSet
+from opdctl.distributed import World
 from opdctl.drift import measure_drift
-from opdctl.errors import BackendError, ConfigError, RunError
-from opdctl.evaluation.benchmarks import Benchmark, load_benchmarks
-from opdctl.evaluation.grading import Grader
-from opdctl.evaluation.runner import Settings, evaluate
+from opdctl.errors import BackendError, RunError
+from opdctl.evaluation.benchmarks import Benchmark
+from opdctl.evaluation.in_training import evaluate_in_training
+from opdctl.generation import generate_and_score, now
 from opdctl.losses import opd_loss
-from opdctl.monitor import DriftMonitor
-from opdctl.outcome import StepOutcome
+from opdctl.outcome import StepOutcome, summarize_run
 from opdctl.progress import reporter
-from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
 from opdctl.traces import trace_tables
 
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
-
-
-def load_backends(
-    config: Config, student_model: str | None = None, world: World | None = None
-) -> tuple[Student, Teacher]:
-    """Instantiate the configured backends (the student from ``student_model`` when resuming).
-
-    With several processes on GPUs, each loads its models onto its own GPU.
-    """
-    world = world or World()
-    student_config, teacher_config = _on_own_device(config.student, world), _on_own_device(config.teacher, world)
-    if student_model is not None:
-        student_config = student_config.model_copy(update={"model": student_model})
-    student = backend_class("student", config.student.backend)(student_config)
-    teacher = backend_class("teacher", config.teacher.backend)(teacher_config)
-    teacher.check(student.tokenizer, config.prune_k, config.loss.k)
-    return student, teacher
-
-
-def _on_own_device(section: BackendConfig, world: World) -> BackendConfig:
-    if "device" not in type(section).model_fields:
-        return section
-    return section.model_copy(update={"device": device_for(world, section.device)})
-
-
-def check_teacher(config: Config) -> dict[str, str]:
-    """Probe the teacher with the student's tokenizer only (no student weights are loaded)."""
-    tokenizer = backend_class("student", config.student.backend).load_tokenizer(config.student)
-    teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
-    try:
-        return teacher.check(tokenizer, config.prune_k, config.loss.k)
-    finally:
-        teacher.close()
-
 
 @dataclass
-class Generation:
-    """One step's rollouts, their teacher scores, when generation ended, and what it cost."""
+class Update:
+    """What one optimizer step did."""
 
-    rollouts: Rollouts
-    scores: TeacherScores
-    generated_at: float
-    generated: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
-    monitor_seconds: float = 0.0  # the drift monitor's own time during generation
+    loss: float
+    grad_norm: float
+    lr: float  # the rate for the next step
+    skipped: bool  # non-finite loss or gradient: no optimizer step
+    sampled_logprobs: torch.Tensor  # [B, T] the student's log-prob of each sampled token, from the training pass
+
+    def metrics(self) -> dict[str, Any]:
+        return {"loss": self.loss, "grad_norm": self.grad_norm, "lr": self.lr, "skipped": self.skipped}
 
 
 class Trainer:
@@ -114,7 +79,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         schedule = "constant_with_warmup" if o.lr_schedule == "constant" else o.lr_schedule
         self.scheduler = get_scheduler(schedule, self.optimizer, o.warmup_steps, num_training_steps=o.steps)
-        self.budget = BudgetState(current_len=config.budget.init_len)
+        self.state = TrainerState(budget=BudgetState(current_len=config.budget.init_len))
         self.limits = BudgetLimits(
             min_len=config.budget.min_len,
             max_len=config.budget.max_len or config.rollout.max_new_tokens,
@@ -123,22 +88,14 @@ class Trainer:
             margin=config.budget.margin,
             shrink_patience=config.budget.shrink_patience,
         )
-        self.step = 0
-        self.nonfinite_streak = 0
-        self.elapsed = 0.0
 
     # setup -----------------------------------------------------------------
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (model weights were loaded by the backend)."""
-        state = json.loads((checkpoint / STATE_FILE).read_text())
         optimizer = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         self.student.load_optimizer_state(self.optimizer, optimizer)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.nonfinite_streak, self.elapsed = state["step"], state["nonfinite_streak"], state["elapsed"]
-        self.budget = BudgetState(**state["budget"])
-        random.setstate(_tuple_state(state["python_rng"]))
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.state = TrainerState.restore(checkpoint, self.scheduler)
 
     def save(self) -> Path | None:
         """Process 0 writes a checkpoint; every process takes part in gathering sharded weights."""
@@ -147,20 +104,10 @@ class Trainer:
         def write(directory: Path) -> None:
             self.student.save(str(directory), weights)
             torch.save(optimizer, directory / OPTIMIZER_FILE)
-            state = {
-                "step": self.step,
-                "budget": self.budget.to_dict(),
-                "nonfinite_streak": self.nonfinite_streak,
-                "elapsed": self.elapsed,
-                "scheduler": self.scheduler.state_dict(),
-                "python_rng": random.getstate(),
-                "torch_rng": torch.get_rng_state().tolist(),
-            }
-            (directory / STATE_FILE).write_text(json.dumps(state))
+            self.state.save(directory, self.scheduler)
 
-        path = (
-            self.run.save_checkpoint(self.step, write, self.config.output.keep_checkpoints) if self.world.main else None
-        )
+        keep = self.config.output.keep_checkpoints
+        path = self.run.save_checkpoint(self.state.step, write, keep) if self.world.main else None
         self.world.barrier()
         return path
 
@@ -168,36 +115,36 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait."""
-        cfg = self.config
-        if self.step == 0:
+        cfg, state = self.config, self.state
+        if state.step == 0:
             self.evaluate("before")
         with reporter().task("Training", cfg.optim.steps) as advance:
-            advance(self.step)
-            while self.step < cfg.optim.steps:
+            advance(state.step)
+            while state.step < cfg.optim.steps:
                 started = time.perf_counter()
                 try:
                     record = self.train_step()
                 except BackendError as exc:
                     raise self._interrupted(exc) from exc
-                self.elapsed += time.perf_counter() - started
+                state.elapsed += time.perf_counter() - started
                 if record is not None:
-                    record["elapsed_seconds"] = round(self.elapsed, 3)
+                    record["elapsed_seconds"] = round(state.elapsed, 3)
                     self.run.append_metrics(record)
                     advance(**_progress_fields(record))
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.optim.steps:
+                if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < cfg.optim.steps:
                     self.evaluate("during")
-                if self.step % cfg.output.save_every == 0 or self.step == cfg.optim.steps:
+                if state.step % cfg.output.save_every == 0 or state.step == cfg.optim.steps:
                     self.save()
         self.evaluate("after")
         return self.summarize() if self.world.main else {}
 
     def train_step(self) -> dict[str, Any] | None:
         """One Prune-OPD step over this process's share of the batch; process 0 returns the step's record."""
-        cfg, step, world = self.config, self.step, self.world
+        cfg, step, world = self.config, self.state.step, self.world
         indices = self.sampler.indices(step, cfg.optim.prompts_per_step)
         prompts = [self.prompts.ids[i] for i in indices for _ in range(cfg.rollout.n)]
         start, end = world.share(len(prompts))
-        max_len = self.budget.current_len if cfg.budget.enable else cfg.rollout.max_new_tokens
+        max_len = self.state.budget.current_len if cfg.budget.enable else cfg.rollout.max_new_tokens
         sampling = Sampling(
             max_len,
             cfg.rollout.temperature,
@@ -207,34 +154,36 @@ class Trainer:
             row_offset=start,
         )
 
-        t0 = _now(self.student.device)
-        gen = self.generate_and_score(prompts[start:end], sampling)
+        t0 = now(self.student.device)
+        gen = generate_and_score(cfg, self.student, self.teacher, prompts[start:end], sampling)
         rollouts, scores, t1 = gen.rollouts, gen.scores, gen.generated_at
-        t2 = _now(self.student.device)
+        t2 = now(self.student.device)
         measured = measure_drift(cfg, rollouts, scores)
         drift_seconds = time.perf_counter() - t2 + gen.monitor_seconds
         update = self.update(rollouts, rollouts.query_ids(), scores, measured.weights.loss_weight)
-        t3 = _now(self.student.device)
+        t3 = now(self.student.device)
 
-        local = StepOutcome.of(rollouts, scores, measured, update.pop("student_lp"), gen.generated)
+        local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.generated)
         seconds = {"generate": t1 - t0, "score": t2 - t1, "update": t3 - t2, "drift": drift_seconds}
         gathered = world.gather((local, seconds))
         outcome = StepOutcome.join([o for o, _ in gathered])
         slowest = {key: max(t[key] for _, t in gathered) for key in seconds}
         budget = (
-            update_budget(self.budget, outcome.effective_length.tolist(), self.limits) if cfg.budget.enable else None
+            update_budget(self.state.budget, outcome.effective_length.tolist(), self.limits)
+            if cfg.budget.enable
+            else None
         )
         if budget:
-            self.budget = budget.state
-        self.step += 1
+            self.state.budget = budget.state
+        self.state.step += 1
         if not world.main:
             return None
         record = {
             "step": step + 1,
-            **update,
+            **update.metrics(),
             **outcome.metrics(max_len),
             "max_len": max_len,
-            "next_max_len": self.budget.current_len if budget else max_len,
+            "next_max_len": self.state.budget.current_len if budget else max_len,
             "hit_ratio": budget.hit_ratio if budget else None,
             **{f"{key}_seconds": round(value, 5) for key, value in slowest.items()},
         }
@@ -256,52 +205,16 @@ class Trainer:
     def _interrupted(self, exc: BackendError) -> RunError:
         """A backend failed mid-step, before the update: checkpoint the state so far, explain how to go on."""
         latest = self.run.latest_checkpoint()
-        if self.step > 0 and (latest is None or latest[0] < self.step):
+        if self.state.step > 0 and (latest is None or latest[0] < self.state.step):
             self.save()
         return RunError(
-            f"step {self.step + 1} failed: {exc}; the run is saved: continue with opdctl train --resume {self.run.path}"
+            f"step {self.state.step + 1} failed: {exc}; the run is saved: "
+            f"continue with opdctl train --resume {self.run.path}"
         )
-
-    def generate_and_score(self, prompts: list[list[int]], sampling: Sampling) -> Generation:
-        """Rollouts and their teacher scores.
-
-        With ``rollout.truncate_on_drift`` the teacher scores chunks while they are
-        generated and drifted rollouts stop early. Otherwise a teacher whose
-        ``overlaps_generation`` is set gets each rollout as soon as it finishes; no
-        partial batch is ever used.
-        """
-        cfg, k = self.config, self.config.prune_k
-        if cfg.rollout.truncate_on_drift:
-            monitor = DriftMonitor(
-                cfg, self.teacher.stream(prompts), len(prompts), sampling.max_new_tokens, cfg.loss.k + 1
-            )
-            try:
-                rollouts = self.student.generate(prompts, sampling, monitor=monitor)
-            finally:
-                monitor.close()
-            width = rollouts.response_ids.shape[1]
-            scores = monitor.scores(width)
-            return Generation(rollouts, scores, _now(self.student.device), monitor.scored, monitor.seconds)
-        if not getattr(self.teacher, "overlaps_generation", False):
-            rollouts = self.student.generate(prompts, sampling)
-            generated = _now(self.student.device)
-            return Generation(
-                rollouts, self.teacher.score(rollouts, rollouts.query_ids(), k), generated, rollouts.lengths
-            )
-        pending = []
-
-        def submit(rows: list[int], part: Rollouts) -> None:
-            pending.append((rows, self.teacher.submit(part, part.query_ids(), k)))
-
-        rollouts = self.student.generate(prompts, sampling, on_finished=submit)
-        generated = _now(self.student.device)
-        parts = [(rows, scores.result()) for rows, scores in pending]
-        scores = TeacherScores.gather(parts, len(rollouts), rollouts.response_ids.shape[1])
-        return Generation(rollouts, scores, generated, rollouts.lengths)
 
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
-    ) -> dict[str, Any]:
+    ) -> Update:
         """Forward/backward over micro-batches, then one clipped optimizer step (skipped if non-finite).
 
         The loss is a token mean over the whole step (all processes); DistributedDataParallel
@@ -337,24 +250,18 @@ class Trainer:
         if finite:
             self.optimizer.step()
             self.scheduler.step()
-            self.nonfinite_streak = 0
+            self.state.nonfinite_streak = 0
         else:
-            self.nonfinite_streak += 1
-            reporter().message(f"warning: step {self.step + 1}: non-finite loss or gradient, update skipped")
-            if self.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
+            self.state.nonfinite_streak += 1
+            reporter().message(f"warning: step {self.state.step + 1}: non-finite loss or gradient, update skipped")
+            if self.state.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
                 raise RunError(
-                    f"{self.nonfinite_streak} steps in a row had a non-finite loss or gradient: lower optim.lr, "
+                    f"{self.state.nonfinite_streak} steps in a row had a non-finite loss or gradient: lower optim.lr, "
                     f"check the teacher, or resume from the last checkpoint with --resume {self.run.path}"
                 )
         self.optimizer.zero_grad(set_to_none=True)
         self.student.weights_updated()
-        return {
-            "loss": total_loss,
-            "grad_norm": float(grad_norm),
-            "lr": self.scheduler.get_last_lr()[0],
-            "skipped": not finite,
-            "student_lp": sampled_lp,
-        }
+        return Update(total_loss, float(grad_norm), self.scheduler.get_last_lr()[0], not finite, sampled_lp)
 
     def _traced(self, step: int) -> bool:
         every = self.config.output.trace_every
@@ -371,133 +278,20 @@ class Trainer:
             return
         with self.student.gathered():
             if self.world.main:
-                self._evaluate(when)
+                evaluate_in_training(
+                    self.config, self.run, self.student, self.teacher, self.benchmarks, self.state.step, when
+                )
         self.world.barrier()
 
-    def _evaluate(self, when: str) -> None:
-        """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
-        cfg = self.config.eval
-        models: list[tuple[str, Any]] = [(when, self.student)]
-        if cfg.teacher and when == "before" and hasattr(self.teacher, "generate"):
-            models.append(("teacher", self.teacher))
-        limit = cfg.max_new_tokens or self.config.rollout.max_new_tokens
-        settings = Settings(cfg.n, cfg.temperature, cfg.top_p, limit, self.config.seed, self.config.data.chat_template)
-        with Grader(workers=min(4, os.cpu_count() or 1)) as grader:
-            for benchmark in self.benchmarks:
-                for label, model in models:
-                    score = evaluate(
-                        model, self.student.tokenizer, benchmark, settings, grader, batch_size=256, pass_k=cfg.pass_k
-                    )
-                    record = {"step": self.step, "eval": benchmark.name, "when": label, **score.to_dict()}
-                    self.run.append_metrics(record)
-                    who = "teacher" if label == "teacher" else f"student ({label})"
-                    reporter().message(f"{benchmark.name}: {who} accuracy {score.accuracy:.1%} at step {self.step}")
-
     def summarize(self) -> dict[str, Any]:
-        records = self.run.read_metrics()
-        steps = [r for r in records if "eval" not in r]
-        evals = [r for r in records if "eval" in r]
-        summary = {
-            "run_dir": str(self.run.path),
-            "steps": self.step,
-            "seconds": round(self.elapsed, 1),
-            "tokens_generated": sum(r["tokens_generated"] for r in steps),
-            "mean_effective_length": _mean([r["effective_length"] for r in steps]),
-            "mean_response_length": _mean([r["response_length"] for r in steps]),
-            "final_max_len": steps[-1]["next_max_len"] if steps else None,
-            "skipped_steps": sum(bool(r["skipped"]) for r in steps),
-            "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in steps),
-            "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in steps),
-            "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in steps),
-            "eval": {
-                e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")}
-                for e in evals
-            },
-        }
+        """The run's totals and evaluations: written to summary.json and returned."""
+        summary = summarize_run(self.run.read_metrics(), str(self.run.path), self.state.step, self.state.elapsed)
         self.run.write_summary(summary)
         return summary
 
 
-def check_lengths(config: Config, student: Student, prompts: PromptSet) -> None:
-    """Refuse settings the student cannot run: k beyond its vocabulary, prompts plus responses beyond its context."""
-    vocab = student.model.get_output_embeddings().weight.shape[0]
-    if config.loss.k > vocab:
-        raise ConfigError(f"loss.k={config.loss.k} is larger than the student's vocabulary ({vocab} tokens): lower it")
-    context = getattr(student.model.config, "max_position_embeddings", None)
-    longest = max(map(len, prompts.ids))
-    if context and longest + config.rollout.max_new_tokens > context:
-        raise ConfigError(
-            f"the longest prompt ({longest} tokens) plus rollout.max_new_tokens={config.rollout.max_new_tokens} "
-            f"exceeds the student's context of {context} tokens: lower rollout.max_new_tokens or data.max_prompt_tokens"
-        )
-
-
-def start_run(config: Config, resume: Path | None = None) -> Trainer:
-    """Build a trainer for a new run, or for ``resume``'s run from its last checkpoint.
-
-    Backends and data load before a new run directory is created, so a run that
-    cannot start leaves nothing behind.
-    """
-    world = setup_world()
-    run = RunDir.open(resume) if resume is not None else None
-    path = run.path if run else Path(world.broadcast(str(resolve_run_dir(config.output.dir))))
-    if run is None:
-        RunDir.refuse_existing(path)
-    latest = run.latest_checkpoint() if run else None
-    student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None, world=world)
-    prompts = load_prompts(config.data, student.tokenizer, config.seed)
-    check_lengths(config, student, prompts)
-    benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
-    config.output.dir = str(path)
-    if world.main:
-        if run is None:
-            run = RunDir.create(path, config.to_yaml())
-        else:
-            run.write_config(config.to_yaml())
-    world.barrier()
-    run = run or RunDir.open(path)
-    trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)
-    if latest is not None:
-        trainer.restore(latest[1])
-        reporter().message(f"Resuming {run.path} from step {trainer.step}")
-    if world.main:
-        run.rewind(trainer.step)
-    world.barrier()
-    return trainer
-
-
-def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The config a run was started with, plus command-line overrides."""
-    import yaml
-
-    from opdctl.config import apply_override
-
-    run = RunDir.open(run_dir)
-    raw = yaml.safe_load(run.config_path.read_text()) or {}
-    if not raw:
-        raise RunError(f"{run_dir}/config.yaml is empty: the run never started; start a new run instead")
-    for override in overrides:
-        apply_override(raw, override)
-    return validate(raw)
-
-
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919) % (2**63 - 1)
-
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _latest(records: list[dict[str, Any]], name: str, when: str) -> float | None:
-    found = [r["accuracy"] for r in records if r["eval"] == name and r["when"] == when]
-    return found[-1] if found else None
 
 
 def _progress_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -507,7 +301,3 @@ def _progress_fields(record: dict[str, Any]) -> dict[str, Any]:
         "w": f"{record['weight']:.2f}",
         "len": record["next_max_len"],
     }
-
-
-def _tuple_state(state: list) -> tuple:
-    return (state[0], tuple(state[1]), state[2])

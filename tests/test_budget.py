@@ -1,4 +1,4 @@
-"""The dynamic response budget against hand-computed steps (ALGORITHM.md)."""
+"""The dynamic response budget against hand-computed steps (docs/algorithm.md)."""
 
 import pytest
 

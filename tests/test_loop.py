@@ -91,11 +91,11 @@ def test_a_non_finite_step_is_skipped_and_a_streak_stops_the_run(tmp_path):
     trainer = make_trainer(tmp_path, teacher, optim={"max_nonfinite_steps": 2})
     before = trainer.student.model.logits.detach().clone()
     record = trainer.train_step()
-    assert record["skipped"] and trainer.nonfinite_streak == 1
+    assert record["skipped"] and trainer.state.nonfinite_streak == 1
     assert torch.equal(trainer.student.model.logits, before)  # no optimizer step
     assert trainer.scheduler.last_epoch == 0  # nor a learning-rate step
     teacher.broken = False
-    assert not trainer.train_step()["skipped"] and trainer.nonfinite_streak == 0
+    assert not trainer.train_step()["skipped"] and trainer.state.nonfinite_streak == 0
     teacher.broken = True
     trainer.train_step()
     with pytest.raises(RunError, match=r"2 steps in a row had a non-finite loss or gradient: .*--resume"):

@@ -1,0 +1,39 @@
+"""Evaluation during training (``eval.bench``): the student before, during and after, the teacher once.
+
+Scores are appended to the run's metrics.jsonl as records with an ``eval`` key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from opdctl.backends import Student, Teacher
+from opdctl.config import Config
+from opdctl.evaluation.benchmarks import Benchmark
+from opdctl.evaluation.grading import Grader
+from opdctl.evaluation.runner import Settings, evaluate
+from opdctl.progress import reporter
+from opdctl.rundir import RunDir
+
+
+def evaluate_in_training(
+    config: Config, run: RunDir, student: Student, teacher: Teacher, benchmarks: list[Benchmark], step: int, when: str
+) -> None:
+    """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
+    cfg = config.eval
+    models: list[tuple[str, Any]] = [(when, student)]
+    if cfg.teacher and when == "before" and hasattr(teacher, "generate"):
+        models.append(("teacher", teacher))
+    limit = cfg.max_new_tokens or config.rollout.max_new_tokens
+    settings = Settings(cfg.n, cfg.temperature, cfg.top_p, limit, config.seed, config.data.chat_template)
+    with Grader(workers=min(4, os.cpu_count() or 1)) as grader:
+        for benchmark in benchmarks:
+            for label, model in models:
+                score = evaluate(
+                    model, student.tokenizer, benchmark, settings, grader, batch_size=256, pass_k=cfg.pass_k
+                )
+                record = {"step": step, "eval": benchmark.name, "when": label, **score.to_dict()}
+                run.append_metrics(record)
+                who = "teacher" if label == "teacher" else f"student ({label})"
+                reporter().message(f"{benchmark.name}: {who} accuracy {score.accuracy:.1%} at step {step}")

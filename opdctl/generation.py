@@ -1,0 +1,88 @@
+"""How a step's rollouts are generated and scored: three strategies with one result, :class:`Generation`.
+
+* monitored (``rollout.truncate_on_drift``): the teacher scores chunks while they are
+  generated and drifted rollouts stop early (:mod:`opdctl.monitor`);
+* overlapped (a teacher whose ``overlaps_generation`` is set): each rollout goes to
+  the teacher as soon as it finishes;
+* sequential: generate the whole batch, then score it.
+
+No partial batch is ever used: every strategy returns the whole batch's scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores
+from opdctl.config import Config
+from opdctl.monitor import DriftMonitor
+
+
+@dataclass
+class Generation:
+    """One step's rollouts, their teacher scores, when generation ended, and what it cost."""
+
+    rollouts: Rollouts
+    scores: TeacherScores
+    generated_at: float
+    generated: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
+    monitor_seconds: float = 0.0  # the drift monitor's own time during generation
+
+
+def generate_and_score(
+    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Rollouts of ``prompts`` and their teacher scores, by the strategy the config and the teacher allow."""
+    if config.rollout.truncate_on_drift:
+        return monitored(config, student, teacher, prompts, sampling)
+    if getattr(teacher, "overlaps_generation", False):
+        return overlapped(config, student, teacher, prompts, sampling)
+    return sequential(config, student, teacher, prompts, sampling)
+
+
+def monitored(
+    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Score while generating; stop rollouts whose weight can no longer matter."""
+    monitor = DriftMonitor(config, teacher.stream(prompts), len(prompts), sampling.max_new_tokens, config.loss.k + 1)
+    try:
+        rollouts = student.generate(prompts, sampling, monitor=monitor)
+    finally:
+        monitor.close()
+    scores = monitor.scores(rollouts.response_ids.shape[1])
+    return Generation(rollouts, scores, now(student.device), monitor.scored, monitor.seconds)
+
+
+def sequential(
+    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Generate the whole batch, then score it."""
+    rollouts = student.generate(prompts, sampling)
+    ended = now(student.device)
+    return Generation(rollouts, teacher.score(rollouts, rollouts.query_ids(), config.prune_k), ended, rollouts.lengths)
+
+
+def overlapped(
+    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Send rows to the teacher as they finish; wait for all their scores at the end."""
+    pending = []
+
+    def submit(rows: list[int], part: Rollouts) -> None:
+        pending.append((rows, teacher.submit(part, part.query_ids(), config.prune_k)))
+
+    rollouts = student.generate(prompts, sampling, on_finished=submit)
+    ended = now(student.device)
+    parts = [(rows, scores.result()) for rows, scores in pending]
+    scores = TeacherScores.gather(parts, len(rollouts), rollouts.response_ids.shape[1])
+    return Generation(rollouts, scores, ended, rollouts.lengths)
+
+
+def now(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

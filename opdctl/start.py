@@ -1,0 +1,114 @@
+"""Starting a run: the backends, the data and the run directory, checked before anything is written.
+
+A new run gets a fresh run directory; ``--resume`` reopens one and continues from its
+latest checkpoint with the config the run was started with (plus overrides).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from opdctl.backends import Student, Teacher
+from opdctl.config import BackendConfig, Config, apply_override, resolve_run_dir, validate
+from opdctl.data import PromptSet, load_prompts
+from opdctl.distributed import World, device_for, setup_world
+from opdctl.errors import ConfigError, RunError
+from opdctl.evaluation.benchmarks import load_benchmarks
+from opdctl.progress import reporter
+from opdctl.registry import backend_class
+from opdctl.rundir import RunDir
+from opdctl.trainer import Trainer
+
+
+def load_backends(
+    config: Config, student_model: str | None = None, world: World | None = None
+) -> tuple[Student, Teacher]:
+    """Instantiate the configured backends (the student from ``student_model`` when resuming).
+
+    With several processes on GPUs, each loads its models onto its own GPU.
+    """
+    world = world or World()
+    student_config, teacher_config = _on_own_device(config.student, world), _on_own_device(config.teacher, world)
+    if student_model is not None:
+        student_config = student_config.model_copy(update={"model": student_model})
+    student = backend_class("student", config.student.backend)(student_config)
+    teacher = backend_class("teacher", config.teacher.backend)(teacher_config)
+    teacher.check(student.tokenizer, config.prune_k, config.loss.k)
+    return student, teacher
+
+
+def _on_own_device(section: BackendConfig, world: World) -> BackendConfig:
+    if "device" not in type(section).model_fields:
+        return section
+    return section.model_copy(update={"device": device_for(world, section.device)})
+
+
+def check_teacher(config: Config) -> dict[str, str]:
+    """Probe the teacher with the student's tokenizer only (no student weights are loaded)."""
+    tokenizer = backend_class("student", config.student.backend).load_tokenizer(config.student)
+    teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
+    try:
+        return teacher.check(tokenizer, config.prune_k, config.loss.k)
+    finally:
+        teacher.close()
+
+
+def check_lengths(config: Config, student: Student, prompts: PromptSet) -> None:
+    """Refuse settings the student cannot run: k beyond its vocabulary, prompts plus responses beyond its context."""
+    vocab = student.model.get_output_embeddings().weight.shape[0]
+    if config.loss.k > vocab:
+        raise ConfigError(f"loss.k={config.loss.k} is larger than the student's vocabulary ({vocab} tokens): lower it")
+    context = getattr(student.model.config, "max_position_embeddings", None)
+    longest = max(map(len, prompts.ids))
+    if context and longest + config.rollout.max_new_tokens > context:
+        raise ConfigError(
+            f"the longest prompt ({longest} tokens) plus rollout.max_new_tokens={config.rollout.max_new_tokens} "
+            f"exceeds the student's context of {context} tokens: lower rollout.max_new_tokens or data.max_prompt_tokens"
+        )
+
+
+def start_run(config: Config, resume: Path | None = None) -> Trainer:
+    """Build a trainer for a new run, or for ``resume``'s run from its last checkpoint.
+
+    Backends and data load before a new run directory is created, so a run that
+    cannot start leaves nothing behind.
+    """
+    world = setup_world()
+    run = RunDir.open(resume) if resume is not None else None
+    path = run.path if run else Path(world.broadcast(str(resolve_run_dir(config.output.dir))))
+    if run is None:
+        RunDir.refuse_existing(path)
+    latest = run.latest_checkpoint() if run else None
+    student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None, world=world)
+    prompts = load_prompts(config.data, student.tokenizer, config.seed)
+    check_lengths(config, student, prompts)
+    benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
+    config.output.dir = str(path)
+    if world.main:
+        if run is None:
+            run = RunDir.create(path, config.to_yaml())
+        else:
+            run.write_config(config.to_yaml())
+    world.barrier()
+    run = run or RunDir.open(path)
+    trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)
+    if latest is not None:
+        trainer.restore(latest[1])
+        reporter().message(f"Resuming {run.path} from step {trainer.state.step}")
+    if world.main:
+        run.rewind(trainer.state.step)
+    world.barrier()
+    return trainer
+
+
+def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config a run was started with, plus command-line overrides."""
+    run = RunDir.open(run_dir)
+    raw = yaml.safe_load(run.config_path.read_text()) or {}
+    if not raw:
+        raise RunError(f"{run_dir}/config.yaml is empty: the run never started; start a new run instead")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate(raw)
