@@ -85,7 +85,7 @@ def main() -> None:
             sequences_per_request=args.per_request,
         )
     )
-    served.check(student.tokenizer, top_k=min(16, args.k), candidates=16)
+    served.check(student.tokenizer, drift_k=min(16, args.k), loss_k=16)
     local = HFTeacher(HFTeacher.Config(model=args.model_path, batch_size=args.rollouts))
     results = {
         "raw server (HTTP, no parsing)": timed(raw, args.repeats),
@@ -106,7 +106,7 @@ def main() -> None:
             sampling,
             on_finished=lambda rows, part: pending.append((rows, served.submit(part, part.query_ids(), 16))),
         )
-        TeacherScores.gather([(rows, p.result()) for rows, p in pending], len(out), out.response_ids.shape[1])
+        TeacherScores.assemble([(rows, p.result()) for rows, p in pending], len(out), out.response_ids.shape[1])
 
     for name, fn in (("generate, then score", sequential), ("generate with scoring overlapped", overlapped)):
         seconds = timed(fn, args.repeats)

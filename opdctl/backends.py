@@ -160,7 +160,7 @@ class TeacherScores:
         return TeacherScores(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
     @staticmethod
-    def gather(parts: list[tuple[list[int], TeacherScores]], batch: int, width: int) -> TeacherScores:
+    def assemble(parts: list[tuple[list[int], TeacherScores]], batch: int, width: int) -> TeacherScores:
         """Scores of a batch assembled from scores of some of its rows (each part trimmed to its own width)."""
         first = parts[0][1]
 
@@ -209,8 +209,9 @@ class Teacher(Protocol):
 
     Config: ClassVar[type[BackendConfig]]
 
-    def check(self, tokenizer: PreTrainedTokenizerBase, top_k: int, candidates: int) -> dict[str, str]:
-        """Verify the teacher can serve a run (tokenizer, top-k sizes); raise BackendError if not.
+    def check(self, tokenizer: PreTrainedTokenizerBase, drift_k: int, loss_k: int) -> dict[str, str]:
+        """Verify the teacher can serve a run: the student's tokenizer, the drift metric's top-k size
+        (``prune.k``) and the loss's (``loss.k``); raise BackendError if not.
 
         Returns facts to show the user (``opdctl backends check``)."""
 
@@ -269,7 +270,7 @@ class Student(Protocol):
     def gradient_sync(self, enabled: bool) -> AbstractContextManager:
         """Within it, backward does not (``enabled=False``) reduce gradients across processes."""
 
-    def gathered(self) -> AbstractContextManager:
+    def unsharded(self) -> AbstractContextManager:
         """Within it, every process holds the whole model (all processes enter together)."""
 
     def full_state(self) -> dict[str, torch.Tensor] | None:

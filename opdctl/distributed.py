@@ -45,7 +45,7 @@ class World:
         part = total // self.size
         return self.rank * part, (self.rank + 1) * part
 
-    def gather(self, value: Any) -> list[Any]:
+    def collect(self, value: Any) -> list[Any]:
         """Every process's ``value``, in rank order, on every process."""
         if not self.distributed:
             return [value]
@@ -54,7 +54,7 @@ class World:
         return values
 
     def sum(self, value: float) -> float:
-        return sum(self.gather(value)) if self.distributed else value
+        return sum(self.collect(value)) if self.distributed else value
 
     def broadcast(self, value: Any) -> Any:
         """Process 0's ``value`` on every process."""

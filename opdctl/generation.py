@@ -27,8 +27,8 @@ class Generation:
 
     rollouts: Rollouts
     scores: TeacherScores
-    generated_at: float
-    generated: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
+    ended_at: float  # time.perf_counter() when the last rollout was generated
+    token_counts: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
     monitor_seconds: float = 0.0  # the drift monitor's own time during generation
 
 
@@ -77,7 +77,7 @@ def overlapped(
     rollouts = student.generate(prompts, sampling, on_finished=submit)
     ended = now(student.device)
     parts = [(rows, scores.result()) for rows, scores in pending]
-    scores = TeacherScores.gather(parts, len(rollouts), rollouts.response_ids.shape[1])
+    scores = TeacherScores.assemble(parts, len(rollouts), rollouts.response_ids.shape[1])
     return Generation(rollouts, scores, ended, rollouts.lengths)
 
 

@@ -156,18 +156,18 @@ class Trainer:
 
         t0 = now(self.student.device)
         gen = generate_and_score(cfg, self.student, self.teacher, prompts[start:end], sampling)
-        rollouts, scores, t1 = gen.rollouts, gen.scores, gen.generated_at
+        rollouts, scores, t1 = gen.rollouts, gen.scores, gen.ended_at
         t2 = now(self.student.device)
         measured = measure_drift(cfg, rollouts, scores)
         drift_seconds = time.perf_counter() - t2 + gen.monitor_seconds
         update = self.update(rollouts, rollouts.query_ids(), scores, measured.weights.loss_weight)
         t3 = now(self.student.device)
 
-        local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.generated)
+        local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.token_counts)
         seconds = {"generate": t1 - t0, "score": t2 - t1, "update": t3 - t2, "drift": drift_seconds}
-        gathered = world.gather((local, seconds))
-        outcome = StepOutcome.join([o for o, _ in gathered])
-        slowest = {key: max(t[key] for _, t in gathered) for key in seconds}
+        collected = world.collect((local, seconds))
+        outcome = StepOutcome.join([o for o, _ in collected])
+        slowest = {key: max(t[key] for _, t in collected) for key in seconds}
         budget = (
             update_budget(self.state.budget, outcome.effective_length.tolist(), self.limits)
             if cfg.budget.enable
@@ -276,7 +276,7 @@ class Trainer:
         """
         if not self.benchmarks:
             return
-        with self.student.gathered():
+        with self.student.unsharded():
             if self.world.main:
                 evaluate_in_training(
                     self.config, self.run, self.student, self.teacher, self.benchmarks, self.state.step, when

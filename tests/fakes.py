@@ -80,7 +80,7 @@ class FakeStudent:
     def gradient_sync(self, enabled: bool) -> nullcontext:
         return nullcontext()
 
-    def gathered(self) -> nullcontext:
+    def unsharded(self) -> nullcontext:
         return nullcontext()
 
     def full_state(self) -> None:
@@ -150,7 +150,7 @@ class FakeTeacher:
             query = torch.full_like(query, float("nan"))
         return TeacherScores(topk_ids=ids, topk_logprobs=TEACHER_LOGPROBS[ids], query_logprobs=query)
 
-    def check(self, tokenizer: Any, top_k: int, candidates: int) -> dict[str, str]:
+    def check(self, tokenizer: Any, drift_k: int, loss_k: int) -> dict[str, str]:
         return {}
 
     def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:

@@ -47,7 +47,7 @@ def scored(served_model, vllm_server):
     query = rollouts.query_ids()
     hf = HFTeacher(HFTeacher.Config(model=str(served_model)))
     served = vllm_teacher(vllm_server)
-    served.check(student.tokenizer, top_k=16, candidates=16)
+    served.check(student.tokenizer, drift_k=16, loss_k=16)
     return rollouts, hf.score(rollouts, query, 16), served.score(rollouts, query, 16)
 
 
@@ -128,13 +128,13 @@ def test_probe_rejects_a_different_tokenizer(tmp_path, vllm_server):
     other = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>",
                                     eos_token="<eos>", unk_token="<unk>")  # fmt: skip
     with pytest.raises(BackendError, match=r"the teacher server tokenizes .* opdctl needs the same tokenizer"):
-        vllm_teacher(vllm_server).check(other, top_k=4, candidates=16)
+        vllm_teacher(vllm_server).check(other, drift_k=4, loss_k=16)
 
 
 def test_unreachable_server_is_named():
     teacher = VLLMTeacher(VLLMTeacher.Config(model="teacher", base_url="http://127.0.0.1:9/v1"))
     with pytest.raises(BackendError, match=r"cannot reach the teacher server at http://127\.0\.0\.1:9/v1"):
-        teacher.check(build_tokenizer(), top_k=4, candidates=16)
+        teacher.check(build_tokenizer(), drift_k=4, loss_k=16)
 
 
 def test_train_with_the_vllm_teacher(tiny_models, vllm_server, tmp_path):

@@ -73,7 +73,7 @@ def _chunk_logprobs(model: torch.nn.Module, hidden: torch.Tensor, query: torch.T
     return logprobs.gather(-1, query)
 
 
-def gather_logprobs(
+def chunked_logprobs(
     model: torch.nn.Module,
     hidden: torch.Tensor,
     mask: torch.Tensor,

@@ -52,7 +52,7 @@ def shard(root: torch.nn.Module, model: torch.nn.Module, device: torch.device) -
 
 
 @contextmanager
-def gathered(root: FSDPModule) -> Iterator[None]:
+def unsharded(root: FSDPModule) -> Iterator[None]:
     """Every process holds the whole model until exit: one all-gather on entry, none per forward.
 
     Generation runs a different number of forward passes in each process (rows end at

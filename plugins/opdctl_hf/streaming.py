@@ -8,7 +8,7 @@ from transformers import DynamicCache
 from opdctl.backends import TeacherScores
 
 from .sampling import cache_keyword
-from .sequences import gather_logprobs, left_pad, positions
+from .sequences import chunked_logprobs, left_pad, positions
 
 
 class HFTeacherStream:
@@ -60,7 +60,7 @@ class HFTeacherStream:
         position_ids = self.next_position.unsqueeze(1) + torch.arange(width, device=self.device)
         hidden = self._forward(tokens.to(self.device), position_ids)
         predicting = torch.cat([self.pending.unsqueeze(1), hidden[:, :-1]], dim=1)
-        query_lp, topk_ids, topk_lp = gather_logprobs(
+        query_lp, topk_ids, topk_lp = chunked_logprobs(
             self.model, predicting, valid, query_ids.to(self.device), self.logprob_chunk, top_k
         )
         ends = (lengths - 1).clamp_min(0)

@@ -18,7 +18,7 @@ from opdctl.registry import backend_class
 from . import sharding
 from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
-from .sequences import Packed, gather_logprobs, pack, response_hidden
+from .sequences import Packed, chunked_logprobs, pack, response_hidden
 
 
 class LoraOptions(BaseModel):
@@ -100,7 +100,7 @@ class PolicyLogprobs(torch.nn.Module):
     ) -> torch.Tensor:
         packed = Packed(input_ids, attention_mask, position_ids, prompt_width)
         hidden = response_hidden(self.model, packed, mask.shape[1])
-        query_lp, _, _ = gather_logprobs(self.model, hidden, mask, query_ids, self.logprob_chunk)
+        query_lp, _, _ = chunked_logprobs(self.model, hidden, mask, query_ids, self.logprob_chunk)
         return query_lp
 
     def generate(
@@ -161,14 +161,14 @@ class HFStudent:
         return self.replicas.no_sync() if self.replicas is not None else nullcontext()
 
     @contextmanager
-    def gathered(self) -> Iterator[None]:
+    def unsharded(self) -> Iterator[None]:
         """The whole model in every process for the duration (all take part on entry); a no-op unless sharded."""
         if not self.sharded or self._whole:
             yield
             return
         self._whole = True
         try:
-            with sharding.gathered(self.policy):
+            with sharding.unsharded(self.policy):
                 yield
         finally:
             self._whole = False
@@ -202,7 +202,7 @@ class HFStudent:
                 on_finished(list(range(len(rollouts))), rollouts)
             return rollouts
         self.model.eval()
-        with torch.no_grad(), self.gathered(), self._autocast():
+        with torch.no_grad(), self.unsharded(), self._autocast():
             pad = self.tokenizer.pad_token_id
             return self.policy.generate(prompts, sampling, self.eos_ids, pad, on_finished, monitor)
 

@@ -11,7 +11,7 @@ from opdctl.errors import BackendError
 
 from .loading import HFConfig, check_same_tokenizer, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
-from .sequences import gather_logprobs, pack, response_hidden
+from .sequences import chunked_logprobs, pack, response_hidden
 from .streaming import HFTeacherStream
 
 
@@ -34,12 +34,12 @@ class HFTeacher:
         self.model.requires_grad_(False)
         self.device = next(self.model.parameters()).device
 
-    def check(self, tokenizer: PreTrainedTokenizerBase, top_k: int, candidates: int) -> dict[str, str]:
+    def check(self, tokenizer: PreTrainedTokenizerBase, drift_k: int, loss_k: int) -> dict[str, str]:
         check_same_tokenizer(tokenizer, self.tokenizer)
         vocab = self.model.get_output_embeddings().weight.shape[0]
-        if top_k > vocab:
+        if drift_k > vocab:
             raise BackendError(
-                f"the drift metric's k={top_k} exceeds the teacher's vocabulary ({vocab}): lower prune.k"
+                f"the drift metric's k={drift_k} exceeds the teacher's vocabulary ({vocab}): lower prune.k"
             )
         return {
             "model": self.config.model,
@@ -59,7 +59,7 @@ class HFTeacher:
             )
             query = query_ids[rows, : part.response_ids.shape[1]]
             parts.append(
-                gather_logprobs(self.model, hidden, part.mask.to(self.device), query, self.config.logprob_chunk, top_k)
+                chunked_logprobs(self.model, hidden, part.mask.to(self.device), query, self.config.logprob_chunk, top_k)
             )
         width = rollouts.response_ids.shape[1]
         return TeacherScores(

@@ -90,7 +90,7 @@ class VLLMTeacher:
     def overlaps_generation(self) -> bool:
         return self.config.overlap
 
-    def check(self, tokenizer: PreTrainedTokenizerBase, top_k: int, candidates: int) -> dict[str, str]:
+    def check(self, tokenizer: PreTrainedTokenizerBase, drift_k: int, loss_k: int) -> dict[str, str]:
         """Probe the server: reachable, serves the model, admits K log-probs, tokenizes like the student."""
         started = time.perf_counter()
         served = self.server.served_models()
@@ -101,10 +101,10 @@ class VLLMTeacher:
                 f"--served-model-name {self.config.model}"
             )
         latency = time.perf_counter() - started
-        self.k = self.config.logprobs or max(DEFAULT_LOGPROBS, top_k, candidates)
-        if self.k < top_k:
+        self.k = self.config.logprobs or max(DEFAULT_LOGPROBS, drift_k, loss_k)
+        if self.k < drift_k:
             raise BackendError(
-                f"teacher.logprobs={self.k} is below the drift metric's k={top_k}: raise teacher.logprobs"
+                f"teacher.logprobs={self.k} is below the drift metric's k={drift_k}: raise teacher.logprobs"
             )
         limit = self.server.max_logprobs()
         if limit is not None and limit < self.k:
