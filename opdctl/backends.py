@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -201,10 +201,9 @@ class Sampling:
 class Teacher(Protocol):
     """Scores responses: top-k and the log-probs of requested ids at every response position.
 
-    A teacher whose ``overlaps_generation`` is true also offers
-    ``submit(rollouts, query_ids, top_k)``, returning an object whose ``result()``
-    gives the TeacherScores: the trainer then sends rows for scoring as soon as
-    they finish generating.
+    Optional capabilities are protocols of their own: :class:`OverlappedScoring`
+    (score rows while the batch is still generating), :class:`Generator` (answer
+    prompts, for evaluation), :class:`KnowsContextLength`.
     """
 
     Config: ClassVar[type[BackendConfig]]
@@ -223,6 +222,39 @@ class Teacher(Protocol):
 
     def close(self) -> None:
         """Release models, connections and processes."""
+
+
+class PendingScores(Protocol):
+    """Scores whose computation is under way."""
+
+    def result(self) -> TeacherScores:
+        """Wait for them; any failure fails the whole batch."""
+
+
+@runtime_checkable
+class OverlappedScoring(Protocol):
+    """A teacher that takes rows as soon as they finish generating, when ``overlaps_generation`` is true."""
+
+    overlaps_generation: bool
+
+    def submit(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> PendingScores:
+        """Start scoring ``rollouts`` (as :meth:`Teacher.score` would) and return at once."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A model that answers token-id prompts (a student, or a teacher that can generate: used to evaluate it)."""
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        """One response per prompt; no top-k needs to be recorded unless ``sampling.record_topk``."""
+
+
+@runtime_checkable
+class KnowsContextLength(Protocol):
+    """A model that tells how many prompt plus response tokens it takes (evaluation caps lengths by it)."""
+
+    def context_length(self) -> int | None:
+        """The context length in tokens, or None if it has no known limit."""
 
 
 class TeacherStream(Protocol):

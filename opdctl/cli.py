@@ -216,7 +216,14 @@ def eval_command(
     ] = None,
     checkpoint: Annotated[int | None, typer.Option(help="With a run directory: the checkpoint at this step.")] = None,
     base_url: Annotated[
-        str | None, typer.Option(help="Generate through this vLLM server (OpenAI API), e.g. http://host:8000/v1.")
+        str | None, typer.Option(help="Generate through this server (OpenAI API), e.g. http://host:8000/v1.")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Teacher backend that generates the answers (see opdctl backends); default hf, or vllm "
+            "with --base-url."
+        ),
     ] = None,
     served_model: Annotated[str | None, typer.Option(help="With --base-url: the server's model name.")] = None,
     tokenizer: Annotated[
@@ -286,6 +293,7 @@ def eval_command(
             data=[Path(d) for d in _split(data)],
             checkpoint=checkpoint,
             base_url=base_url,
+            backend=backend,
             served_model=served_model,
             tokenizer=tokenizer,
             n=samples,

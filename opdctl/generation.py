@@ -2,8 +2,8 @@
 
 * monitored (``rollout.truncate_on_drift``): the teacher scores chunks while they are
   generated and drifted rollouts stop early (:mod:`opdctl.monitor`);
-* overlapped (a teacher whose ``overlaps_generation`` is set): each rollout goes to
-  the teacher as soon as it finishes;
+* overlapped (an :class:`~opdctl.backends.OverlappedScoring` teacher whose
+  ``overlaps_generation`` is set): each rollout goes to the teacher as soon as it finishes;
 * sequential: generate the whole batch, then score it.
 
 No partial batch is ever used: every strategy returns the whole batch's scores.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores
+from opdctl.backends import OverlappedScoring, Rollouts, Sampling, Student, Teacher, TeacherScores
 from opdctl.config import Config
 from opdctl.monitor import DriftMonitor
 
@@ -38,7 +38,7 @@ def generate_and_score(
     """Rollouts of ``prompts`` and their teacher scores, by the strategy the config and the teacher allow."""
     if config.rollout.truncate_on_drift:
         return monitored(config, student, teacher, prompts, sampling)
-    if getattr(teacher, "overlaps_generation", False):
+    if isinstance(teacher, OverlappedScoring) and teacher.overlaps_generation:
         return overlapped(config, student, teacher, prompts, sampling)
     return sequential(config, student, teacher, prompts, sampling)
 
@@ -66,7 +66,7 @@ def sequential(
 
 
 def overlapped(
-    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+    config: Config, student: Student, teacher: OverlappedScoring, prompts: list[list[int]], sampling: Sampling
 ) -> Generation:
     """Send rows to the teacher as they finish; wait for all their scores at the end."""
     pending = []

@@ -410,6 +410,7 @@ def test_a_served_teacher_is_evaluated_during_training(tiny_models, served_model
         (["--data", "{bad}", "--bench", "aime24"], ["no answer column", "answer, Answer", "--answer-field"]),
         (["--bench", "synthetic", "-n", "2", "--pass-k", "4"], ["--pass-k 4 is larger than -n 2"]),
         (["--bench", "synthetic", "--pass-k", "x"], ["--pass-k takes whole numbers"]),
+        (["--bench", "synthetic", "--backend", "tgi"], ["unknown teacher backend 'tgi'", "installed teacher backends"]),
         (["--bench", "synthetic", "--base-url", "http://127.0.0.1:9/v1"], ["--base-url needs --served-model"]),
         (["--bench", "synthetic", "--model", "{empty}"], ["no model at", "config.json"]),
         (["--bench", "synthetic", "--model", "{run}"], ["has no complete checkpoint yet"]),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from opdctl.backends import Student, Teacher
+from opdctl.backends import Generator, Student, Teacher
 from opdctl.config import Config
 from opdctl.evaluation.benchmarks import Benchmark
 from opdctl.evaluation.grading import Grader
@@ -23,7 +23,7 @@ def evaluate_in_training(
     """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
     cfg = config.eval
     models: list[tuple[str, Any]] = [(when, student)]
-    if cfg.teacher and when == "before" and hasattr(teacher, "generate"):
+    if cfg.teacher and when == "before" and isinstance(teacher, Generator):
         models.append(("teacher", teacher))
     limit = cfg.max_new_tokens or config.rollout.max_new_tokens
     settings = Settings(cfg.n, cfg.temperature, cfg.top_p, limit, config.seed, config.data.chat_template)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Rollouts, Sampling
+from opdctl.backends import Generator, KnowsContextLength, Sampling
 from opdctl.data import chat_prompt
 from opdctl.evaluation.benchmarks import Benchmark, Problem
 from opdctl.evaluation.grading import Grader
@@ -22,12 +22,6 @@ from opdctl.evaluation.metrics import OVER_CONTEXT, BenchmarkScore, score
 from opdctl.progress import reporter
 
 Row = dict[str, Any]
-
-
-class Generator(Protocol):
-    """A model that answers token-id prompts (a student, or a teacher backend that can generate)."""
-
-    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts: ...
 
 
 @dataclass(frozen=True)
@@ -51,9 +45,8 @@ class _Unit:
 
 
 def context_length(generator: Generator) -> int | None:
-    """The generator's context length in tokens, if it tells (``context_length()``)."""
-    method = getattr(generator, "context_length", None)
-    return method() if callable(method) else None
+    """The generator's context length in tokens, if it tells (:class:`KnowsContextLength`)."""
+    return generator.context_length() if isinstance(generator, KnowsContextLength) else None
 
 
 def generate_rows(

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from opdctl.backends import Generator
 from opdctl.config import format_validation_error
 from opdctl.demo import DEMO_PREFIX, resolve_model
 from opdctl.errors import BackendError, ConfigError, RunError, reason
@@ -20,7 +21,7 @@ from opdctl.evaluation.benchmarks import Benchmark, Fields, load_benchmarks
 from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.metrics import BenchmarkScore, overall, score
 from opdctl.evaluation.results import EvalDir
-from opdctl.evaluation.runner import Generator, Settings, context_length, generate_rows
+from opdctl.evaluation.runner import Settings, context_length, generate_rows
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
@@ -35,6 +36,7 @@ class EvalRequest:
     data: list[Path] = field(default_factory=list)
     checkpoint: int | None = None
     base_url: str | None = None
+    backend: str | None = None  # the teacher backend that generates; default hf, or vllm with base_url
     served_model: str | None = None
     tokenizer: str | None = None
     n: int = PAPER_SAMPLES
@@ -175,14 +177,28 @@ def resolve(model: str | None, checkpoint: int | None) -> ModelRef:
 
 
 def load_generator(request: EvalRequest, ref: ModelRef) -> tuple[Generator, PreTrainedTokenizerBase]:
-    """The model (local, through the hf backend) or the server (through the vllm backend), and its tokenizer."""
+    """The model or the server, through a teacher backend that can generate, and its tokenizer.
+
+    The backend gets the options its config has: a served one the server's URL, model name and
+    concurrency; a local one the model, dtype and device.
+    """
+    name = engine_name(request)
+    cls = backend_class("teacher", name)
     if request.base_url:
-        cls = backend_class("teacher", "vllm")
         options = {"model": request.served_model, "base_url": request.base_url, "max_concurrency": request.concurrency}
-        return cls(_backend_config(cls, options)), _tokenizer(request.tokenizer or ref.source or "")
-    cls = backend_class("teacher", "hf")
-    generator = cls(_backend_config(cls, {"model": ref.source, "dtype": request.dtype, "device": request.device}))
+    else:
+        options = {"model": ref.source, "dtype": request.dtype, "device": request.device}
+    generator = cls(_backend_config(cls, {k: v for k, v in options.items() if k in cls.Config.model_fields}))
+    if not isinstance(generator, Generator):
+        raise ConfigError(f"--backend {name}: this teacher backend cannot generate answers; choose one that can")
+    if request.base_url:
+        return generator, _tokenizer(request.tokenizer or ref.source or "")
     return generator, generator.tokenizer
+
+
+def engine_name(request: EvalRequest) -> str:
+    """The teacher backend that answers: ``--backend``, else vllm for a server and hf for a local model."""
+    return request.backend or ("vllm" if request.base_url else "hf")
 
 
 def _backend_config(cls: type, options: dict[str, Any]) -> Any:
@@ -210,7 +226,7 @@ def _settings(request: EvalRequest, ref: ModelRef, settings: Settings, benchmark
     return {
         "model": ref.source,
         "served_model": request.served_model,
-        "engine": "vllm" if request.base_url else "hf",
+        "engine": engine_name(request),
         **asdict(settings),
         "benchmarks": [b.name for b in benchmarks],
         **{
