@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
     from transformers import PreTrainedTokenizerBase
 
     from opdctl.config import BackendConfig
@@ -267,6 +268,38 @@ class TeacherStream(Protocol):
 
     def close(self) -> None:
         """Release the stream's cache or connections."""
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    """What a rollout engine is told about the student it generates for."""
+
+    model: str  # where the student's weights come from (a directory or hub id)
+    dtype: str  # the training weights' dtype, e.g. "float32"
+    lora: bool  # the student trains LoRA adapters
+    seed: int = 0
+
+
+class RolloutEngine(Protocol):
+    """Generates a trained student's rollouts elsewhere (``student.rollout``), taking its weights after every update.
+
+    Registered in the entry-point group ``opdctl.rollout_engines``; ``Config`` is the
+    schema of its options (``student.vllm``).
+    """
+
+    Config: ClassVar[type[BaseModel]]
+    shared: ClassVar[bool]  # one engine for every training process: process 0 pushes weights, once at start too
+
+    def __init__(self, options: BaseModel, setup: EngineSetup) -> None: ...
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        """Rollouts with the student's top-k (``sampling.record_topk``) and sampled-token log-probs."""
+
+    def sync(self, model: torch.nn.Module) -> None:
+        """Take the student's current weights (or LoRA adapters)."""
+
+    def close(self) -> None:
+        """Release the engine."""
 
 
 class Student(Protocol):

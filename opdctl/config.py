@@ -389,6 +389,11 @@ def reference_markdown() -> str:
         for backend in sorted(installed(kind)):
             schema = backend_class(kind, backend).Config
             lines += _section_table(f"{kind} (backend: {backend})", schema)
+    engines: dict[type[BaseModel], list[str]] = {}
+    for engine in sorted(installed("rollout")):
+        engines.setdefault(backend_class("rollout", engine).Config, []).append(engine)
+    for schema, names in engines.items():
+        lines += _section_table(f"student.vllm (hf student, student.rollout: {', '.join(names)})", schema)
     lines.append("`seed`: " + (Config.model_fields["seed"].description or "") + " Default 0.")
     return "\n".join(lines) + "\n"
 

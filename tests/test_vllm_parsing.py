@@ -1,8 +1,14 @@
-"""Parsing a vLLM prompt_logprobs response into TeacherScores (the response shape of docs/vllm.md)."""
+"""The vLLM plugin without a server: parsing prompt_logprobs into TeacherScores, the student engine's contract."""
 
+import pytest
 import torch
 
-from opdctl.backends import Rollouts
+from opdctl.backends import EngineSetup, Rollouts, Sampling
+from opdctl.config import validate
+from opdctl.errors import BackendError, ConfigError
+from opdctl.progress import LogReporter, reporting_to
+from opdctl.served import ServerUnavailable
+from opdctl_vllm.rollout import ServerEngine, VLLMEngineOptions
 from opdctl_vllm.teacher import parse_scores
 
 
@@ -34,3 +40,21 @@ def test_parse_scores_reads_top_k_exact_queries_and_bounds_absent_ones():
     # 99 is not returned: bounded by the smallest top-K log-prob (-2.0) and marked inexact
     assert torch.allclose(scores.query_logprobs, torch.tensor([[[-1.0, -2.0, -4.0], [-3.0, -0.2, -0.2]]]))
     assert scores.query_exact.tolist() == [[[True, False, True], [True, True, True]]]
+
+
+def test_the_student_server_engine_retries_like_the_teacher_and_names_the_server():
+    options = VLLMEngineOptions(base_url="http://127.0.0.1:9/v1", retries=1, backoff=0.01)
+    engine = ServerEngine(options, EngineSetup("student", "float32", lora=False))
+    with reporting_to(LogReporter()), pytest.raises(ServerUnavailable) as info:
+        engine.generate([[1, 2, 3]], Sampling(4))
+    assert str(info.value).startswith("student server http://127.0.0.1:9/v1 failed to generate a rollout 2 times")
+
+
+def test_rollout_engines_validate_their_own_options():
+    config = validate({"student": {"rollout": "vllm-server", "vllm": {"base_url": "http://s/v1"}}})
+    assert config.student.vllm["base_url"] == "http://s/v1" and config.student.vllm["retries"] == 6
+    assert validate({}).student.vllm == {}  # transformers rollouts have no engine options
+    with pytest.raises(ConfigError, match=r"unknown config key 'student.vllm.bogus'; allowed keys here: base_url"):
+        validate({"student": {"rollout": "vllm-colocate", "vllm": {"bogus": 1}}})
+    with pytest.raises(BackendError, match=r"unknown rollout backend 'sglang': installed rollout backends are vllm-"):
+        validate({"student": {"rollout": "sglang"}})

@@ -7,10 +7,11 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import FinishedCallback, GenerationMonitor, Rollouts, Sampling
+from opdctl.backends import EngineSetup, FinishedCallback, GenerationMonitor, RolloutEngine, Rollouts, Sampling
+from opdctl.config import format_validation_error
 from opdctl.distributed import World
 from opdctl.errors import BackendError, ConfigError
 from opdctl.registry import backend_class
@@ -32,25 +33,6 @@ class LoraOptions(BaseModel):
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules that get adapters.")
 
 
-class VLLMRolloutOptions(BaseModel):
-    """Where and how vLLM generates the student's rollouts (student.rollout vllm-colocate / vllm-server)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = Field(None, description="vllm-server: the server's /v1 URL.")
-    served_model: str = Field("student", description="vllm-server: its --served-model-name (and LoRA adapter name).")
-    sync_dir: str = Field(
-        "/tmp/opdctl-student-weights", description="vllm-server: shared directory the server reloads weights from."
-    )
-    timeout: float = Field(600.0, gt=0, description="vllm-server: seconds per request.")
-    max_concurrency: int = Field(32, ge=1, description="vllm-server: requests in flight.")
-    gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1, description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU)."
-    )
-    max_model_len: int | None = Field(None, ge=1, description="vllm-colocate: context for the engine.")
-    enforce_eager: bool = Field(False, description="vllm-colocate: skip CUDA graphs (needed on CPU).")
-
-
 class HFStudentConfig(HFConfig):
     """A local transformers student, trained in place."""
 
@@ -58,17 +40,37 @@ class HFStudentConfig(HFConfig):
         "auto", description="Mixed precision for forward passes; auto is bfloat16 on CUDA, none on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    rollout: Literal["hf", "vllm-colocate", "vllm-server"] = Field(
+    rollout: str = Field(
         "hf",
-        description="Who generates rollouts: this process with transformers, an in-process vLLM, or a vLLM server.",
+        description="Who generates rollouts: hf (this process, with transformers) or an installed rollout engine "
+        "(opdctl backends): vllm-colocate (an in-process vLLM), vllm-server (a vLLM server).",
     )
-    vllm: VLLMRolloutOptions = Field(default_factory=VLLMRolloutOptions)
+    vllm: dict[str, Any] = Field(
+        default_factory=dict, description="The rollout engine's options (its section below); unused with hf."
+    )
     lora: LoraOptions | None = Field(None, description="Train LoRA adapters (peft); null trains every weight.")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="Under torchrun: a whole copy per process (DistributedDataParallel) or weights, gradients and "
         "optimizer state sharded across processes (FSDP2, one unit per decoder layer); one process ignores it.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_options(cls, data: Any) -> Any:
+        """The engine must be installed; it validates its options (and fills in their defaults) by its own schema."""
+        if (
+            not isinstance(data, dict)
+            or data.get("rollout", "hf") in ("hf", None)
+            or not isinstance(data["rollout"], str)
+        ):
+            return data
+        schema = backend_class("rollout", data["rollout"]).Config
+        try:
+            options = schema.model_validate(data.get("vllm") or {})
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, schema, prefix="student.vllm")) from None
+        return {**data, "vllm": options.model_dump()}
 
     @model_validator(mode="after")
     def _check_parallel(self) -> HFStudentConfig:
@@ -128,8 +130,8 @@ class HFStudent:
         self.device = next(self.model.parameters()).device
         self.world = World()
         self.engine = rollout_engine(config, self.model)
-        if config.rollout == "vllm-server":
-            self.engine.sync(self.model)  # the server may hold other weights (a base model, an older run)
+        if self.engine is not None and self.engine.shared:
+            self.engine.sync(self.model)  # a shared server may hold other weights (a base model, an older run)
         self.eos_ids = eos_ids(self.model, self.tokenizer)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -248,7 +250,7 @@ class HFStudent:
         """
         if self.engine is None:
             return
-        shared = self.config.rollout == "vllm-server"
+        shared = self.engine.shared
         if not shared or self.world.main:
             self.engine.sync(self.model)
         if shared:
@@ -275,14 +277,11 @@ def with_lora(model: torch.nn.Module, config: HFStudentConfig) -> torch.nn.Modul
     return get_peft_model(model, options)
 
 
-def rollout_engine(config: HFStudentConfig, model: torch.nn.Module) -> Any:
-    """The vLLM engine named by ``student.rollout`` (None: this process generates with transformers)."""
+def rollout_engine(config: HFStudentConfig, model: torch.nn.Module) -> RolloutEngine | None:
+    """The engine named by ``student.rollout`` (None: this process generates with transformers)."""
     if config.rollout == "hf":
         return None
     engine = backend_class("rollout", config.rollout)
-    if config.rollout == "vllm-server":
-        return engine(config.vllm, lora=config.lora is not None)
-    if config.lora is not None:
-        raise ConfigError("LoRA students roll out with student.rollout=vllm-server (hot-loaded adapters) or hf")
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return engine(getattr(model, "name_or_path", config.model), config.vllm, dtype, seed=0)
+    setup = EngineSetup(getattr(model, "name_or_path", config.model), dtype, lora=config.lora is not None)
+    return engine(engine.Config.model_validate(config.vllm), setup)

@@ -1,11 +1,13 @@
-"""A vLLM OpenAI-compatible server seen through the `openai` client: prompt log-probs, probes, retries."""
+"""A vLLM OpenAI-compatible server seen through the `openai` client: prompt log-probs, probes.
+
+Retries follow :class:`opdctl.served.RetryPolicy`, as for every served model.
+"""
 
 from __future__ import annotations
 
 import contextvars
 import os
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
@@ -14,21 +16,15 @@ import openai
 
 from opdctl.backends import Sampling
 from opdctl.errors import BackendError, reason
-from opdctl.progress import reporter
+from opdctl.served import RetryPolicy
 
 T = TypeVar("T")
-RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, openai.RateLimitError)
-MAX_BACKOFF = 30.0
 PositionLogprobs = dict[str, dict[str, Any]] | None  # {"<token id>": {"logprob", "rank", ...}} per position
 
 
 class Completion(NamedTuple):
     token_ids: list[int]
     finish_reason: str  # "eos" or "length"
-
-
-class TeacherUnavailable(BackendError):
-    """The server did not answer within the retry budget."""
 
 
 class ServerClient:
@@ -45,7 +41,7 @@ class ServerClient:
         backoff: float,
     ) -> None:
         self.base_url, self.model = base_url.rstrip("/"), model
-        self.retries, self.backoff = retries, backoff
+        self.policy = RetryPolicy(retries, backoff)
         api_key = os.environ.get(api_key_env) or "EMPTY"
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0)
         self.root = self.client.with_options(base_url=re.sub(r"/v1$", "", self.base_url))
@@ -97,27 +93,8 @@ class ServerClient:
         return self.pool.submit(contextvars.copy_context().run, self.prompt_logprobs, sequences, k)
 
     def with_retries(self, call: Callable[[], T], what: str) -> T:
-        """Run ``call``; retry connection errors, timeouts, 429 and 5xx with exponential backoff."""
-        started = time.perf_counter()
-        for attempt in range(self.retries + 1):
-            try:
-                return call()
-            except RETRYABLE as exc:
-                if attempt == self.retries:
-                    waited = time.perf_counter() - started
-                    raise TeacherUnavailable(
-                        f"teacher server {self.base_url} failed {what} {self.retries + 1} times over {waited:.0f} s "
-                        f"({reason(exc)}): check that it is running and reachable"
-                    ) from exc
-                delay = min(self.backoff * 2**attempt, MAX_BACKOFF)
-                reporter().message(
-                    f"warning: teacher server {self.base_url}: {reason(exc)}; retry {attempt + 1}/{self.retries} "
-                    f"in {delay:.0f} s"
-                )
-                time.sleep(delay)
-            except openai.APIStatusError as exc:
-                raise BackendError(f"teacher server {self.base_url} refused {what}: {reason(exc)}") from exc
-        raise AssertionError("unreachable")
+        """Run ``call`` under the teacher's retry policy (:class:`opdctl.served.RetryPolicy`)."""
+        return self.policy.run(call, what, f"teacher server {self.base_url}")
 
     # probes --------------------------------------------------------------------
 

@@ -19,15 +19,39 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
-from opdctl.backends import Rollouts, Sampling
+from opdctl.backends import EngineSetup, Rollouts, Sampling
 from opdctl.errors import BackendError
+from opdctl.served import RetryPolicy
 
 FINISH = {"stop": "eos", "length": "length"}
+
+
+class VLLMEngineOptions(BaseModel):
+    """Where and how vLLM generates the student's rollouts (student.rollout vllm-colocate / vllm-server)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(None, description="vllm-server: the server's /v1 URL.")
+    served_model: str = Field("student", description="vllm-server: its --served-model-name (and LoRA adapter name).")
+    sync_dir: str = Field(
+        "/tmp/opdctl-student-weights", description="vllm-server: shared directory the server reloads weights from."
+    )
+    timeout: float = Field(600.0, gt=0, description="vllm-server: seconds per request.")
+    max_concurrency: int = Field(32, ge=1, description="vllm-server: requests in flight.")
+    retries: int = Field(
+        6, ge=0, description="vllm-server: retries of a failed request (connection, timeout, 429, 5xx)."
+    )
+    backoff: float = Field(1.0, gt=0, description="vllm-server: first retry delay in seconds; doubles, at most 30 s.")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU)."
+    )
+    max_model_len: int | None = Field(None, ge=1, description="vllm-colocate: context for the engine.")
+    enforce_eager: bool = Field(False, description="vllm-colocate: skip CUDA graphs (needed on CPU).")
 
 
 def rollouts_from_tokens(
@@ -73,7 +97,12 @@ def _row_seed(sampling: Sampling, row: int) -> int:
 class ColocatedEngine:
     """vLLM in the training process (one engine per process)."""
 
-    def __init__(self, model_path: str, options: Any, dtype: str, seed: int) -> None:
+    Config = VLLMEngineOptions
+    shared = False
+
+    def __init__(self, options: VLLMEngineOptions, setup: EngineSetup) -> None:
+        if setup.lora:
+            raise BackendError("LoRA students roll out with student.rollout=vllm-server (hot-loaded adapters) or hf")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # keep the engine in this process
         try:
             from vllm import LLM
@@ -85,12 +114,12 @@ class ColocatedEngine:
         kwargs = {"max_model_len": options.max_model_len} if options.max_model_len else {}
         self.llm = LLM(
             gpu_memory_utilization=options.gpu_memory_utilization,  # on CPU: the share of host memory
-            model=model_path,
-            dtype=dtype,
+            model=setup.model,
+            dtype=setup.dtype,
             enforce_eager=options.enforce_eager,
             enable_prefix_caching=True,
             logprobs_mode="raw_logprobs",
-            seed=seed,
+            seed=setup.seed,
             **kwargs,
         )
 
@@ -132,15 +161,19 @@ def _ranked(position: dict) -> list[tuple[int, float]]:
 
 
 class ServerEngine:
-    """A vLLM server the user started, updated after every optimizer step."""
+    """A vLLM server the user started, updated after every optimizer step (requests retried like the teacher's)."""
 
-    def __init__(self, options: Any, lora: bool) -> None:
+    Config = VLLMEngineOptions
+    shared = True
+
+    def __init__(self, options: VLLMEngineOptions, setup: EngineSetup) -> None:
         import openai
 
         if not options.base_url:
             raise BackendError("student.rollout=vllm-server needs student.vllm.base_url (the server's /v1 URL)")
-        self.options, self.lora = options, lora
-        self.client = openai.OpenAI(base_url=options.base_url, api_key="EMPTY", timeout=options.timeout, max_retries=2)
+        self.options, self.lora = options, setup.lora
+        self.client = openai.OpenAI(base_url=options.base_url, api_key="EMPTY", timeout=options.timeout, max_retries=0)
+        self.policy, self.server = RetryPolicy(options.retries, options.backoff), f"student server {options.base_url}"
         self.root = self.client.with_options(base_url=options.base_url.rstrip("/").removesuffix("/v1"))
         self.model = options.served_model
         self.sync_dir = Path(options.sync_dir).expanduser()
@@ -149,9 +182,12 @@ class ServerEngine:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(self.options.max_concurrency) as pool:
-            results = list(pool.map(lambda row: self._complete(prompts[row], sampling, row), range(len(prompts))))
+            results = list(pool.map(lambda row: self._retried(prompts[row], sampling, row), range(len(prompts))))
         tokens, top, sampled, reasons = map(list, zip(*results, strict=True)) if results else ([], [], [], [])
         return rollouts_from_tokens(prompts, tokens, top, sampled, reasons, sampling.record_topk)
+
+    def _retried(self, prompt: list[int], sampling: Sampling, row: int) -> tuple:
+        return self.policy.run(lambda: self._complete(prompt, sampling, row), "to generate a rollout", self.server)
 
     def _complete(self, prompt: list[int], sampling: Sampling, row: int) -> tuple:
         response = self.client.completions.create(
@@ -188,15 +224,22 @@ class ServerEngine:
         if self.lora:  # the adapter is served under its own name from the first update on
             self.model = f"{self.options.served_model}-lora"
             body = {"lora_name": self.model, "lora_path": str(self.sync_dir), "load_inplace": True}
-            self.root.post("/v1/load_lora_adapter", body=body, cast_to=str)
+            self._post("/v1/load_lora_adapter", body, str)
             return
-        self.root.post("/pause", body=None, cast_to=str, options={"params": {"mode": "wait"}})
+        self._post("/pause", None, str, {"params": {"mode": "wait"}})
         try:
             kwargs = {"weights_path": str(self.sync_dir)}
-            self.root.post("/collective_rpc", body={"method": "reload_weights", "kwargs": kwargs}, cast_to=object)
-            self.root.post("/reset_prefix_cache", body=None, cast_to=str)
+            self._post("/collective_rpc", {"method": "reload_weights", "kwargs": kwargs}, object)
+            self._post("/reset_prefix_cache", None, str)
         finally:
-            self.root.post("/resume", body=None, cast_to=str)
+            self._post("/resume", None, str)
+
+    def _post(self, path: str, body: dict | None, cast_to: type, options: dict | None = None) -> None:
+        """A request to the server's own endpoints, under the retry policy."""
+        what = f"to load the new weights ({path})"
+        self.policy.run(
+            lambda: self.root.post(path, body=body, cast_to=cast_to, options=options or {}), what, self.server
+        )
 
     def close(self) -> None:
         self.client.close()

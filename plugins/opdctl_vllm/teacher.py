@@ -18,9 +18,10 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import QueryLayout, Rollouts, Sampling, TeacherScores
+from opdctl.backends import Rollouts, Sampling, TeacherScores
 from opdctl.config import BackendConfig
 from opdctl.errors import BackendError
+from opdctl.served import PrefixStream, sparse_scores
 
 from .client import PositionLogprobs, ServerClient
 
@@ -136,9 +137,9 @@ class VLLMTeacher:
     def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
         return self.submit(rollouts, query_ids, top_k).result()
 
-    def stream(self, prompts: list[list[int]]) -> VLLMTeacherStream:
+    def stream(self, prompts: list[list[int]]) -> PrefixStream:
         """Score chunk by chunk: each chunk's request re-sends the rollout so far (see docs/vllm.md)."""
-        return VLLMTeacherStream(self, prompts)
+        return PrefixStream(self.score, prompts)
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
         """Let the served model answer prompts itself (used to evaluate it).
@@ -171,69 +172,20 @@ class VLLMTeacher:
         self.server.close()
 
 
-class VLLMTeacherStream:
-    """Chunked scoring through the server.
-
-    vLLM does not read its prefix cache for requests that ask for prompt log-probs,
-    so every chunk re-scores the rollout from its start: the cost grows with the
-    square of the length divided by ``rollout.chunk_tokens``.
-    """
-
-    def __init__(self, teacher: VLLMTeacher, prompts: list[list[int]]) -> None:
-        self.teacher = teacher
-        self.prefixes = [list(p) for p in prompts]
-
-    def extend(
-        self, rows: list[int], tokens: torch.Tensor, lengths: torch.Tensor, query_ids: torch.Tensor, top_k: int
-    ) -> TeacherScores:
-        chunk = Rollouts(
-            prompt_ids=[self.prefixes[row] for row in rows],
-            response_ids=tokens,
-            lengths=lengths,
-            topk_ids=QueryLayout.candidates(query_ids),
-            topk_logprobs=torch.zeros(QueryLayout.candidates(query_ids).shape),
-            sampled_logprobs=torch.zeros(tokens.shape),
-            finish_reasons=[""] * len(rows),
-        )
-        scores = self.teacher.score(chunk, query_ids, top_k)
-        for row, new in zip(rows, chunk.responses(), strict=True):
-            self.prefixes[row] = self.prefixes[row] + new
-        return scores
-
-    def close(self) -> None:
-        self.prefixes = []
-
-
 def parse_scores(
     entries: list[list[PositionLogprobs]], rollouts: Rollouts, query_ids: torch.Tensor, top_k: int, k: int
 ) -> TeacherScores:
-    """Turn token-id-keyed prompt log-probs into TeacherScores over the response positions."""
-    batch, width = rollouts.response_ids.shape
-    queries = query_ids.shape[-1]
-    topk_ids = torch.zeros((batch, width, top_k), dtype=torch.long)
-    topk_lp = torch.zeros((batch, width, top_k))
-    query_lp = torch.zeros((batch, width, queries))
-    exact = torch.ones((batch, width, queries), dtype=torch.bool)
-    for row in range(batch):
+    """Turn vLLM's token-id-keyed prompt log-probs into TeacherScores over the response positions."""
+    positions = []
+    for row, sequence in enumerate(entries):
         start, length = len(rollouts.prompt_ids[row]), int(rollouts.lengths[row])
-        if not length:
-            continue
-        ids, lps, values, known = [], [], [], []
-        for position, wanted in zip(
-            entries[row][start : start + length], query_ids[row, :length].tolist(), strict=True
-        ):
-            by_id = {int(token): entry["logprob"] for token, entry in position.items()}
-            top = sorted((entry["rank"], int(token)) for token, entry in position.items() if entry["rank"] <= k)
-            ids.append([token for _, token in top[:top_k]])
-            lps.append([by_id[token] for token in ids[-1]])
-            floor = by_id[top[-1][1]]
-            values.append([by_id.get(token, floor) for token in wanted])
-            known.append([token in by_id for token in wanted])
-        topk_ids[row, :length] = torch.tensor(ids)
-        topk_lp[row, :length] = torch.tensor(lps)
-        query_lp[row, :length] = torch.tensor(values)
-        exact[row, :length] = torch.tensor(known)
-    return TeacherScores(topk_ids=topk_ids, topk_logprobs=topk_lp, query_logprobs=query_lp, query_exact=exact)
+        positions.append(
+            [
+                {int(token): (entry["logprob"], entry["rank"]) for token, entry in position.items()}
+                for position in sequence[start : start + length]
+            ]
+        )
+    return sparse_scores(positions, rollouts, query_ids, top_k, k)
 
 
 def _compare_tokenizers(server: ServerClient, tokenizer: PreTrainedTokenizerBase) -> str:
