@@ -132,7 +132,8 @@ def show_config(
     debug: DebugOption = False,
 ) -> None:
     """Print the resolved config (file or demo, plus overrides) as YAML, or the key reference."""
-    from opdctl.config import load_config, reference_markdown
+    from opdctl.config import load_config
+    from opdctl.reference import reference_markdown
 
     def action() -> None:
         text = reference_markdown() if reference else load_config(config, overrides or []).to_yaml()

@@ -133,7 +133,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_docs_config_reference_is_current():
-    from opdctl.config import reference_markdown
+    from opdctl.reference import reference_markdown
 
     docs = Path(__file__).parent.parent / "docs" / "config.md"
     assert docs.read_text() == reference_markdown(), "regenerate with: opdctl config --reference > docs/config.md"

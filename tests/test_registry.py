@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from opdctl import registry
-from opdctl.config import reference_markdown, validate
+from opdctl.config import validate
 from opdctl.drift import DriftView
 from opdctl.errors import BackendError, ConfigError
+from opdctl.reference import reference_markdown
 from opdctl.registry import DRIFT_METRICS, LOSS_ESTIMATORS
 
 
