@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from opdctl.backends import Generator
 from opdctl.config import format_validation_error
-from opdctl.demo import DEMO_PREFIX, resolve_model
+from opdctl.demo import DEMO_PREFIX
 from opdctl.errors import BackendError, ConfigError, RunError, reason
 from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
 from opdctl.evaluation.benchmarks import Benchmark, Fields, load_benchmarks
@@ -25,6 +25,7 @@ from opdctl.evaluation.runner import Settings, context_length, generate_rows
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
+from opdctl.sources import GGUF_SUFFIX, PACKAGE_PREFIX, resolve_model
 
 
 @dataclass
@@ -167,11 +168,15 @@ def resolve(model: str | None, checkpoint: int | None) -> ModelRef:
         raise ConfigError(f"--checkpoint needs --model to be a run directory (with config.yaml), not {model!r}")
     if model.startswith(DEMO_PREFIX):
         return ModelRef(model, model.replace(":", "-"))
+    if model.startswith(PACKAGE_PREFIX):
+        return ModelRef(model, Path(model).stem or model[len(PACKAGE_PREFIX) :])
+    if path.suffix.lower() == GGUF_SUFFIX:
+        return ModelRef(str(path), path.stem)
     looks_local = model.startswith((".", "/", "~")) or path.exists()
     if looks_local and not (path / "config.json").is_file():
         raise BackendError(
             f"--model {model}: no model at {path} (expected a Hugging Face model directory with config.json, "
-            "or a run directory with config.yaml and checkpoints/)"
+            "a .gguf file, or a run directory with config.yaml and checkpoints/)"
         )
     return ModelRef(str(path) if looks_local else model, path.name if looks_local else model.replace("/", "-"))
 
