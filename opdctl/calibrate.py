@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from opdctl import drift
-from opdctl.backends import Rollouts, Sampling, Teacher, TeacherScores, backend_class
+from opdctl.backends import Generator, QueryLayout, Rollouts, Sampling, Teacher, TeacherScores
 from opdctl.config import Config
 from opdctl.data import load_prompts
 from opdctl.errors import ConfigError
 from opdctl.progress import reporter
+from opdctl.registry import backend_class
 
 PAPER_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9}
 KS = (1, 4, 8, 16)
@@ -62,15 +63,20 @@ class Texts:
             values = drift.overlap_ratio(student_ids, teacher_ids)
         elif signal.metric == "weighted_overlap":
             values = drift.weighted_overlap(student_ids, self.student.topk_logprobs[..., :k], teacher_ids)
-        else:
+        elif signal.metric == "teacher_top_p":
             values = drift.sampled_nucleus_mass(
                 self.rollouts.response_ids, teacher_ids, self.teacher.topk_logprobs[..., :k]
+            )
+        else:
+            raise ConfigError(
+                f"opdctl calibrate does not know prune.metric={signal.metric!r}: it calibrates overlap_ratio, "
+                "weighted_overlap and teacher_top_p"
             )
         return values[mask]
 
     def teacher_logprob(self) -> torch.Tensor:
         """The teacher's log-prob of each sampled token, flattened like :meth:`values`."""
-        return self.teacher.query_logprobs[..., -1][self.rollouts.mask]
+        return QueryLayout.sampled(self.teacher.query_logprobs)[self.rollouts.mask]
 
 
 @dataclass
@@ -113,13 +119,12 @@ def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) 
     try:
         prompts = load_prompts(config.data.model_copy(update={"limit": samples}), student.tokenizer, config.seed).ids
         teacher.check(student.tokenizer, width, width)
-        generate = getattr(teacher, "generate", None)
-        if generate is None:
+        if not isinstance(teacher, Generator):
             raise ConfigError(
                 f"teacher.backend={config.teacher.backend!r} cannot generate its own text to calibrate on"
             )
         with reporter().task("Calibrating", 4) as advance:
-            by_teacher = generate(prompts, Sampling(max_new_tokens, 1.0, seed=config.seed))
+            by_teacher = teacher.generate(prompts, Sampling(max_new_tokens, 1.0, seed=config.seed))
             advance()
             teacher_text = _score(by_teacher, student, teacher, width)
             advance()
@@ -156,7 +161,6 @@ def _student_scorer(config: Config) -> Teacher:
 
 def _score(rollouts: Rollouts, student: Teacher, teacher: Teacher, width: int) -> Texts:
     """Both models' top-``width`` at every position of ``rollouts`` (the query layout: student top-k, sampled id)."""
-    sampled = rollouts.response_ids.unsqueeze(-1)
-    student_view = student.score(rollouts, sampled, width)
-    query = torch.cat([student_view.topk_ids, sampled], dim=-1)
+    student_view = student.score(rollouts, rollouts.response_ids.unsqueeze(-1), width)
+    query = QueryLayout.ids(student_view.topk_ids, rollouts.response_ids)
     return Texts(rollouts, student_view, teacher.score(rollouts, query, width))

@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Sampling, Teacher, backend_class
+from opdctl.backends import Sampling, Teacher
 from opdctl.config import DataConfig
 from opdctl.data import load_prompts
 from opdctl.errors import ConfigError
 from opdctl.progress import reporter
+from opdctl.registry import backend_class
 
 INFO_FILE = "shrink.json"
 
