@@ -31,13 +31,16 @@ def install(monkeypatch, *entries: EntryPoint) -> None:
     monkeypatch.setattr(DRIFT_METRICS, "_loaded", False)
 
 
-def test_built_ins_are_registered_in_order():
-    assert list(DRIFT_METRICS.all()) == ["overlap_ratio", "teacher_top_p", "weighted_overlap"]
-    assert list(LOSS_ESTIMATORS.all()) == ["topk", "sampled"]
+def test_built_ins_are_registered_first_in_order():
+    assert list(DRIFT_METRICS.all())[:3] == ["overlap_ratio", "teacher_top_p", "weighted_overlap"]
+    assert list(LOSS_ESTIMATORS.all())[:2] == ["topk", "sampled"]
 
 
 def test_config_names_must_be_registered():
-    with pytest.raises(ConfigError, match=r"loss.estimator='full': input should be 'topk' or 'sampled' \(or install"):
+    with pytest.raises(
+        ConfigError,
+        match=r"loss.estimator='full': input should be 'topk'.* \(or install a plugin that registers 'full' in",
+    ):
         validate({"loss": {"estimator": "full"}})
 
 
