@@ -181,13 +181,13 @@ def _num(value: float | None) -> str:
 
 
 def eval_table(title: str, scores: list[BenchmarkScore], total: BenchmarkScore, n: int) -> Table:
-    """Per-benchmark metrics and their unweighted mean: avg@n, pass@k, maj@n, lengths, truncation."""
+    """Per-benchmark metrics and their unweighted mean: avg@n, pass@k, maj@n, lengths, truncation, no answer."""
     ks = sorted(total.pass_at)
     context = any(s.over_context for s in scores)
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=0)
     names = [s.name for s in [*scores, total]]
     table.add_column("benchmark", no_wrap=True, min_width=max(map(len, names)))
-    headers = ["problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "length", "truncated"]
+    headers = ["problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "length", "truncated", "no answer"]
     for header in [*headers, *(["no room"] if context else [])]:
         table.add_column(header, justify="right", no_wrap=True)
     for row, score in enumerate([*scores, total]):
@@ -199,6 +199,7 @@ def eval_table(title: str, scores: list[BenchmarkScore], total: BenchmarkScore, 
             _pct(score.majority),
             _num(score.mean_length),
             _pct(score.truncated),
+            _pct(score.no_answer),
             *([_pct(score.over_context)] if context else []),
         ]
         table.add_row(*cells, end_section=row == len(scores) - 1, style="bold" if row == len(scores) else None)

@@ -27,6 +27,8 @@ from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
 from opdctl.sources import GGUF_SUFFIX, PACKAGE_PREFIX, resolve_model
 
+UNANSWERED_WARNING = 0.5  # warn when at least this share of a benchmark's responses has no answer
+
 
 @dataclass
 class EvalRequest:
@@ -107,6 +109,7 @@ def run_eval(request: EvalRequest) -> EvalResult:
         if close is not None:
             close()
     total = overall(scores)
+    _warn_unanswered(scores, benchmarks)
     seconds = time.perf_counter() - started
     out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
     return EvalResult(out.path, scores, total, request.n, seconds)
@@ -129,6 +132,19 @@ def _run_benchmark(
         generator, tokenizer, benchmark, settings, grader, batch_size=request.batch_size, done=done, write=out.append
     )
     return score(benchmark.name, earlier + rows, request.pass_k)
+
+
+def _warn_unanswered(scores: list[BenchmarkScore], benchmarks: list[Benchmark]) -> None:
+    """Say so when most responses have no answer to grade: 0% then means the format, not the maths."""
+    lenient = {b.name for b in benchmarks if b.lenient}
+    for s in scores:
+        if s.samples and s.no_answer >= UNANSWERED_WARNING:
+            wanted = "neither a \\boxed{} answer nor a number" if s.name in lenient else "no \\boxed{} answer"
+            reporter().message(
+                f"warning: {s.no_answer:.0%} of {s.name}'s responses have {wanted}, so they count as wrong: "
+                "the model may not follow the prompt's answer format (see the responses in responses.jsonl; "
+                "--prompt-template changes the instruction)"
+            )
 
 
 def _check(request: EvalRequest) -> None:
