@@ -35,6 +35,8 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks
 
 def _run(debug: bool, action: Callable[[], Any]) -> Any:
     """Run ``action``, turning errors into one red line and a non-zero exit (tracebacks with --debug)."""
+    from rich.markup import escape
+
     from opdctl.console import console
 
     try:
@@ -42,7 +44,7 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
     except OpdctlError as exc:
         if debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
@@ -50,7 +52,7 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
     except Exception as exc:
         if debug:
             raise
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = escape(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
         console.print(
             f"[bold red]error:[/bold red] {type(exc).__name__}: {reason} (rerun with --debug for the traceback)",
             highlight=False,

@@ -39,6 +39,7 @@ from opdctl.outcome import StepOutcome
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir
 from opdctl.traces import trace_tables
+from opdctl.trackers import Trackers, require_trackers
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -175,6 +176,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_streak = 0
         self.elapsed = 0.0
+        self.trackers = Trackers(run, {}, {})  # process 0's experiment trackers, once start_run opens them
 
     # setup -----------------------------------------------------------------
 
@@ -217,6 +219,10 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait."""
+        with self.trackers:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.config
         if self.step == 0:
             self.evaluate("before")
@@ -488,6 +494,7 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
     cannot start leaves nothing behind.
     """
     world = setup_world()
+    require_trackers(config.output.report_to)
     run = RunDir.open(resume) if resume is not None else None
     path = run.path if run else Path(world.broadcast(str(resolve_run_dir(config.output.dir))))
     if run is None:
@@ -510,7 +517,10 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
         trainer.restore(latest[1])
         reporter().message(f"Resuming {run.path} from step {trainer.step}")
     if world.main:
+        sent = run.read_metrics()  # what the run's trackers were sent before a crash
         run.rewind(trainer.step)
+        cfg = config.output
+        trainer.trackers = Trackers.open(cfg.report_to, run, cfg.project, config.model_dump(mode="json"), sent)
     world.barrier()
     return trainer
 
