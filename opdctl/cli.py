@@ -185,6 +185,37 @@ def inspect_drift(
                                     plot, plot_step, compare, as_json))  # fmt: skip
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by opdctl train (finished or running).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The HTML file (default RUN_DIR/report.html).")
+    ] = None,
+    compare: Annotated[Path | None, typer.Option(help="Another run to put side by side (e.g. plain OPD).")] = None,
+    rollouts: Annotated[int, typer.Option(min=1, help="At most this many traced rollouts in the page.")] = 40,
+    level: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Count the compute on tokens whose weight fell below this.")
+    ] = 0.5,
+    debug: DebugOption = False,
+) -> None:
+    """Write one self-contained HTML page of a run: config, curves, position profile, coloured rollouts.
+
+    Examples:
+
+        opdctl report runs/demo-20261128-101500
+
+        opdctl report RUN --compare RUN_PLAIN -o drift.html
+    """
+    from opdctl.console import console
+    from opdctl.inspect.report import write_report
+
+    def action() -> None:
+        path = write_report(run_dir, output, compare, rollouts, level)
+        console.print(f"[dim]·[/dim] wrote {path}", highlight=False)
+
+    _run(debug, action)
+
+
 def _split(values: list[str] | None) -> list[str]:
     """Repeated and comma-separated option values, in order."""
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
