@@ -146,7 +146,7 @@ class TrackioTracker(Tracker):
 
         self.trackio = trackio
         state = run.state or {"project": run.project, "name": run.name}
-        with _stdout_to_stderr():  # trackio prints its set-up; our stdout is for results
+        with contextlib.redirect_stdout(sys.stderr):  # trackio prints its set-up; our stdout is for results
             self.handle = trackio.init(
                 project=state["project"],
                 name=state["name"],
@@ -164,7 +164,7 @@ class TrackioTracker(Tracker):
         self.handle.log({**scalars, **{key: self.trackio.Histogram(a) for key, a in histograms.items()}}, step=step)
 
     def close(self, failed: bool) -> None:
-        with _stdout_to_stderr():
+        with contextlib.redirect_stdout(sys.stderr):
             self.trackio.finish()  # also forgets the run, which trackio would otherwise finish again at exit
 
 
@@ -364,9 +364,3 @@ class Trackers:
 
 def _markdown_code(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
