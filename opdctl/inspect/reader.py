@@ -75,7 +75,7 @@ class RunTraces:
     def _load_tokenizer(self):
         from transformers import AutoTokenizer
 
-        from opdctl.demo import resolve_model
+        from opdctl.sources import resolve_model
 
         latest = self.run.latest_checkpoint()
         if latest is not None:
