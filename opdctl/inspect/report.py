@@ -52,9 +52,14 @@ def sample_rollouts(traces: RunTraces, limit: int) -> Sample:
     per_step = max(1, limit // wanted)
     picked = sorted({steps[round(i * (len(steps) - 1) / max(1, wanted - 1))] for i in range(wanted)})
     chosen = [(s, r) for s in picked for r in sorted(by_step[s])[:per_step]][:limit]
+    steps_note = (
+        f"each of the {len(steps)} traced steps"
+        if len(picked) == len(steps)
+        else f"{len(picked)} evenly spaced traced steps of {len(steps)}, the first and last included"
+    )
     note = (
-        f"a sample of {len(chosen)} of the {traced:,} traced rollouts: the first {per_step} of {len(picked)} evenly "
-        f"spaced traced steps (of {len(steps)}, the first and last included); raise --rollouts to see more"
+        f"a sample of {len(chosen)} of the {traced:,} traced rollouts: the first {per_step} of {steps_note}; "
+        "raise --rollouts to see more"
     )
     return Sample(chosen, traced, note)
 
@@ -200,7 +205,7 @@ figure { margin: 0; background: #fff; border: 1px solid #ddd; } figure img { wid
 .controls { display: flex; gap: 8px; align-items: center; margin: 8px 0; }
 .text { white-space: pre-wrap; font: 13px/1.7 ui-monospace, monospace; background: #fff; padding: 10px;
         border: 1px solid #ddd; }
-.prompt { color: #777; } .t { border-radius: 2px; } .t.differs { text-decoration: underline dotted #000; }
+.prompt { color: #777; } .t.differs { text-decoration: underline dotted #000; }
 .t.first-bad { outline: 2px solid #7b1fa2; }
 .drift { background: #7b1fa2; color: #fff; font-size: 11px; padding: 0 3px; border-radius: 3px; margin: 0 2px; }
 .cut { color: #1565c0; font-weight: bold; } .note { color: #555; }
