@@ -174,6 +174,23 @@ class OutputConfig(Section):
     keep_checkpoints: int | None = Field(2, ge=1, description="Keep the newest N checkpoints; null keeps all.")
     trace_every: int = Field(1, ge=0, description="Trace every N-th step (and step 1); 0 disables traces.")
     trace_rollouts: int | Literal["all"] = Field(16, description="Rollouts traced per traced step, or all.")
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers that get every metrics record: tensorboard, wandb, trackio, mlflow "
+        "(each an extra: pip install 'opdctl[wandb]'; docs/trackers.md).",
+    )
+    project: str = Field("opdctl", min_length=1, description="The trackers' project (MLflow: experiment) name.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from opdctl.trackers import tracker_names
+
+        known = tracker_names()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"output.report_to: unknown tracker {name!r}; use any of {', '.join(known)}")
+        return list(dict.fromkeys(names))
 
 
 class EvalConfig(Section):

@@ -79,6 +79,7 @@ class RunDir:
         self.traces_path = self.path / "traces"
         self.checkpoints_path = self.path / "checkpoints"
         self.summary_path = self.path / "summary.json"
+        self.on_metrics: list[Callable[[dict[str, Any]], None]] = []  # told of every record appended
 
     @staticmethod
     def refuse_existing(path: Path) -> None:
@@ -112,11 +113,13 @@ class RunDir:
     # metrics ---------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line and make it durable before returning."""
+        """Append one JSON line, make it durable, then pass the record on (to experiment trackers)."""
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        for listener in self.on_metrics:
+            listener(record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete metrics record (a line cut short by a crash is ignored)."""

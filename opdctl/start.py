@@ -19,6 +19,7 @@ from opdctl.evaluation.benchmarks import load_benchmarks
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
+from opdctl.trackers import Trackers, require_trackers
 from opdctl.trainer import Trainer
 
 
@@ -76,6 +77,7 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
     cannot start leaves nothing behind.
     """
     world = setup_world()
+    require_trackers(config.output.report_to)
     run = RunDir.open(resume) if resume is not None else None
     path = run.path if run else Path(world.broadcast(str(resolve_run_dir(config.output.dir))))
     if run is None:
@@ -98,7 +100,10 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
         trainer.restore(latest[1])
         reporter().message(f"Resuming {run.path} from step {trainer.state.step}")
     if world.main:
+        sent = run.read_metrics()  # what the run's trackers were sent before a crash
         run.rewind(trainer.state.step)
+        cfg = config.output
+        trainer.trackers = Trackers.open(cfg.report_to, run, cfg.project, config.model_dump(mode="json"), sent)
     world.barrier()
     return trainer
 

@@ -39,6 +39,7 @@ from opdctl.outcome import StepOutcome, summarize_run
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir
 from opdctl.traces import trace_tables
+from opdctl.trackers import Trackers
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Trainer:
             margin=config.budget.margin,
             shrink_patience=config.budget.shrink_patience,
         )
+        self.trackers = Trackers(run, {}, {})  # process 0's experiment trackers, once start_run opens them
 
     # setup -----------------------------------------------------------------
 
@@ -115,6 +117,10 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait."""
+        with self.trackers:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, state = self.config, self.state
         if state.step == 0:
             self.evaluate("before")

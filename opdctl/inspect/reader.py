@@ -29,6 +29,7 @@ class RunTraces:
         rollouts = {trace_step(p): p for p in self.run.trace_files("rollouts")}
         self.files = {s: p for s, p in sorted(files.items()) if s in rollouts and _in(s, steps)}
         self.rollout_files = {s: rollouts[s] for s in self.files}
+        self._tokenizer = None
         if not self.files:
             where = f" in steps {steps[0]}-{steps[1]}" if steps else ""
             raise RunError(f"{self.path} has no traces{where} (runs record them when output.trace_every > 0)")
@@ -66,7 +67,12 @@ class RunTraces:
         return rows[0], tokens
 
     def tokenizer(self):
-        """The student's tokenizer, from the newest checkpoint or the configured model."""
+        """The student's tokenizer, from the newest checkpoint or the configured model (loaded once)."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    def _load_tokenizer(self):
         from transformers import AutoTokenizer
 
         from opdctl.sources import resolve_model
