@@ -59,7 +59,9 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="Sampling temperature (the loss uses T=1).")
     max_new_tokens: int = Field(12288, ge=1, description="Hard limit on response length.")
     truncate_on_drift: bool = Field(
-        False, description="Score while generating and stop a rollout once its weight reaches prune.stop_weight."
+        False,
+        description="Score while generating and stop a rollout once its weight reaches prune.stop_weight "
+        "(Prune-OPD only: prune.enable=false turns it off).",
     )
     chunk_tokens: int = Field(64, ge=1, description="With truncate_on_drift: tokens generated between two checks.")
     logprob_tolerance: float = Field(
@@ -91,7 +93,9 @@ class LossConfig(Section):
 class PruneConfig(Section):
     """Prune-OPD's drift monitor and reliability weights."""
 
-    enable: bool = Field(True, description="false gives plain OPD (every weight 1).")
+    enable: bool = Field(
+        True, description="false gives plain OPD (every weight 1, no truncation on drift); see also budget.enable."
+    )
     metric: Literal["overlap_ratio", "teacher_top_p", "weighted_overlap"] = Field(
         "overlap_ratio",
         description="overlap_ratio: |S_t ∩ T_t|/k; teacher_top_p: y_t in the teacher's top-p nucleus; "
@@ -215,8 +219,8 @@ class Config(Section):
             )
             _require(budget.max_len <= limit, "budget.max_len", budget.max_len, f"<= rollout.max_new_tokens ({limit})")
         _require(self.prune_k <= self.loss.k, "prune.k", self.prune.k, f"<= loss.k ({self.loss.k})")
-        if self.rollout.truncate_on_drift and not self.prune.enable:
-            raise ValueError("rollout.truncate_on_drift=true needs prune.enable=true (without weights nothing drifts)")
+        if not self.prune.enable:
+            self.rollout.truncate_on_drift = False  # truncation stops on Prune-OPD's weights: plain OPD has none
         batch = self.optim.prompts_per_step * self.rollout.n
         _require(
             self.optim.grad_accum <= batch, "optim.grad_accum", self.optim.grad_accum, f"<= rollouts per step ({batch})"

@@ -118,6 +118,40 @@ def test_plain_opd_is_the_same_loop_with_unit_weights(tiny_models, tmp_path):
     assert (tokens["loss_weight"] == 1.0).all()
 
 
+def _documented_plain_opd() -> list[str]:
+    """The plain-OPD overrides as README's command list and docs/config.md's table write them."""
+    root = Path(__file__).parent.parent
+    command = next(line for line in (root / "README.md").read_text().splitlines() if "# plain OPD" in line)
+    overrides = command.split("#")[0].split()[2:]  # after "opdctl train"
+    row = next(line for line in (root / "README.md").read_text().splitlines() if "| plain OPD baseline" in line)
+    assert row.split("`")[1].split() == overrides
+    return overrides
+
+
+@pytest.mark.slow
+def test_documented_plain_opd_baseline_runs_on_the_demo_config(tiny_models, tmp_path):
+    """README's baseline command, on the embedded demo config (truncation on), with tiny models and one step."""
+    overrides = _documented_plain_opd()
+    assert overrides == ["prune.enable=false", "budget.enable=false"]
+    run_dir = tmp_path / "plain"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *overrides,
+            f"student.model={tiny_models['student']}",
+            f"teacher.model={tiny_models['teacher']}",
+            *["rollout.max_new_tokens=32", "optim.steps=1", "optim.prompts_per_step=2", "eval.bench=[]"],
+            f"output.dir={run_dir}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["rollout"]["truncate_on_drift"] is False and resolved["prune"]["enable"] is False
+    steps = [r for r in read_metrics(run_dir) if "eval" not in r]
+    assert steps[0]["weight"] == 1.0 and steps[0]["finish_drift"] == 0
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup", "expected"),
     [("linear", 0, [0.75, 0.5, 0.25, 0.0]), ("cosine", 2, [0.5, 1.0, 0.5, 0.0]), ("constant", 2, [0.5, 1, 1, 1])],

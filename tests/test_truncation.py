@@ -13,7 +13,6 @@ from opdctl.config import validate
 from opdctl.demo.models import prompt_ids
 from opdctl.demo.task import held_out
 from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.errors import ConfigError
 from opdctl.monitor import DriftMonitor
 from opdctl.trainer import measure_drift, opd_loss
 from opdctl_hf import HFStudent, HFTeacher
@@ -116,6 +115,7 @@ def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path
     assert "rollouts stopped on drift" in result.output
 
 
-def test_truncation_needs_prune_weights():
-    with pytest.raises(ConfigError, match=r"truncate_on_drift=true needs prune\.enable=true"):
-        validate({"rollout": {"truncate_on_drift": True}, "prune": {"enable": False}})
+def test_plain_opd_turns_truncation_off():
+    """Truncation stops on Prune-OPD's weights; prune.enable=false (plain OPD) has none, so it is off."""
+    assert not validate({"rollout": {"truncate_on_drift": True}, "prune": {"enable": False}}).rollout.truncate_on_drift
+    assert validate({"rollout": {"truncate_on_drift": True}}).rollout.truncate_on_drift
