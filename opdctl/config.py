@@ -63,7 +63,12 @@ class RolloutConfig(Section):
         description="Score while generating and stop a rollout once its weight reaches prune.stop_weight "
         "(Prune-OPD only: prune.enable=false turns it off).",
     )
-    chunk_tokens: int = Field(64, ge=1, description="With truncate_on_drift: tokens generated between two checks.")
+    chunk_tokens: int = Field(
+        64,
+        ge=1,
+        description="With truncate_on_drift: the most tokens generated between two checks (chunks shrink as a "
+        "rollout nears its stop, so none is generated past it).",
+    )
     logprob_tolerance: float = Field(
         0.01,
         gt=0,

@@ -458,6 +458,7 @@ class Trainer:
             "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in steps),
             "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in steps),
             "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in steps),
+            "tokens_discarded": sum(r.get("tokens_discarded", 0) for r in steps),
             "eval": {
                 e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")}
                 for e in evals
