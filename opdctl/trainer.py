@@ -351,7 +351,8 @@ class Trainer:
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
     ) -> dict[str, Any]:
-        """Forward/backward over micro-batches, then one clipped optimizer step (skipped if non-finite).
+        """Forward/backward over micro-batches of similar length, then one clipped optimizer step (skipped if
+        non-finite).
 
         The loss is a token mean over the whole step (all processes); DistributedDataParallel
         averages gradients over processes, so each process scales its part by their number.
@@ -362,12 +363,11 @@ class Trainer:
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         loss_weight = loss_weight.to(device)
         total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
-        size = math.ceil(len(rollouts) / cfg.optim.grad_accum)
-        for start in range(0, len(rollouts), size):
-            rows = slice(start, start + size)
+        groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
+        for number, rows in enumerate(groups):
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
-            with self.student.gradient_sync(start + size >= len(rollouts)):
+            with self.student.gradient_sync(number == len(groups) - 1):
                 student_lp = self.student.logprobs(part, query_ids[rows, :width])
                 loss = opd_loss(
                     cfg,
@@ -529,6 +529,14 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     for override in overrides:
         apply_override(raw, override)
     return validate(raw)
+
+
+def length_groups(lengths: torch.Tensor, count: int) -> list[list[int]]:
+    """Row indices in ``count`` micro-batches of similar length (shortest first), so each pads only to its own
+    longest row; the loss is a token sum over the step, so the gradient is the same as one batch's."""
+    order = sorted(range(len(lengths)), key=lambda row: (int(lengths[row]), row))
+    size = math.ceil(len(order) / count)
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def _query_ids(rollouts: Rollouts) -> torch.Tensor:

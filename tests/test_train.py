@@ -237,3 +237,40 @@ def test_console_script_runs(tiny_models, tmp_path):
     result = subprocess.run([str(script), "train", "-c", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "tokens generated" in result.stdout
+
+
+@pytest.mark.parametrize("estimator", ["topk", "sampled"])
+def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, tmp_path, estimator):
+    """The update over length-grouped micro-batches equals one whole-batch update (loss, parameters)."""
+    from opdctl.backends import Sampling
+    from opdctl.config import validate
+    from opdctl.data import PromptSet
+    from opdctl.demo.models import prompt_ids
+    from opdctl.demo.task import held_out
+    from opdctl.demo.tokenizer import build_tokenizer
+    from opdctl.trainer import Trainer, _query_ids, length_groups, measure_drift
+    from opdctl_hf import HFStudent, HFTeacher
+
+    prompts = [prompt_ids(build_tokenizer(), p) for p in held_out(9)]
+    results = []
+    for accum in (1, 4):
+        raw = tiny_config(tiny_models, tmp_path / f"run{accum}", loss={"k": 4, "estimator": estimator})
+        config = validate({**raw, "optim": {**raw["optim"], "grad_accum": accum, "prompts_per_step": 9}})
+        student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
+        teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"])))
+        run = RunDir.create(tmp_path / f"run{accum}", config.to_yaml())
+        trainer = Trainer(config, run, student, teacher, PromptSet(prompts, [""] * 9, [None] * 9))
+        rollouts = student.generate(prompts, Sampling(24, 1.0, record_topk=4, seed=5))
+        scores = teacher.score(rollouts, _query_ids(rollouts), 2)
+        weights = measure_drift(config, rollouts, scores).weights.loss_weight
+        update = trainer.update(rollouts, _query_ids(rollouts), scores, weights)
+        results.append((update, [p.detach().clone() for p in student.model.parameters()], rollouts))
+    (one, params_one, rollouts), (grouped, params_grouped, _) = results
+    assert len(set(rollouts.lengths.tolist())) > 3  # lengths differ: the groups pad differently
+    groups = length_groups(rollouts.lengths, 4)
+    assert sorted(row for group in groups for row in group) == list(range(9)) and len(groups) == 3
+    assert grouped["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-7)
+    assert grouped["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)  # Adam's first step hides scale
+    assert torch.allclose(grouped["student_lp"], one["student_lp"], atol=1e-5)
+    for a, b in zip(params_one, params_grouped, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
