@@ -84,6 +84,11 @@ class LossConfig(Section):
     estimator: Literal["topk", "sampled"] = Field(
         "topk", description="topk: over the student's top-k S_t; sampled: k1 on the sampled token."
     )
+    baseline: Literal["mean", "none"] = Field(
+        "mean",
+        description="sampled only: subtract the step's mean advantage from every token's (unbiased, less noise); "
+        "none is the plain k1 policy gradient.",
+    )
     k: int = Field(16, ge=1, description="Size of the student's candidate set S_t.")
     weighting: Literal["student_p", "teacher_p", "none"] = Field(
         "student_p", description="Candidate weights w_t(v): softmax of student or teacher log-probs on S_t, or uniform."

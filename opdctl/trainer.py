@@ -82,11 +82,13 @@ def opd_loss(
     loss_weight: torch.Tensor,
     num_tokens: int,
     teacher_exact: torch.Tensor | None = None,
+    baseline: float = 0.0,
 ) -> torch.Tensor:
-    """The configured estimator on ``[B, T, k+1]`` log-probs (the student's top-k, then the sampled id)."""
+    """The configured estimator on ``[B, T, k+1]`` log-probs (the student's top-k, then the sampled id);
+    ``baseline`` is the sampled estimator's (see :meth:`Trainer.baseline`)."""
     k = config.loss.k
     if config.loss.estimator == "sampled":
-        return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens)
+        return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens, baseline)
     candidates = None
     if teacher_exact is not None and config.loss.absent_candidates == "drop":
         candidates = teacher_exact[..., :k]
@@ -363,6 +365,7 @@ class Trainer:
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         loss_weight = loss_weight.to(device)
         total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
+        baseline = self.baseline(rollouts, scores)
         groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
         for number, rows in enumerate(groups):
             part = rollouts.select(rows)
@@ -376,6 +379,7 @@ class Trainer:
                     loss_weight[rows, :width],
                     num_tokens,
                     exact[rows, :width] if exact is not None else None,
+                    baseline,
                 )
                 (loss * world.size).backward()
             total_loss += loss.item()
@@ -404,6 +408,14 @@ class Trainer:
             "skipped": not finite,
             "student_lp": sampled_lp,
         }
+
+    def baseline(self, rollouts: Rollouts, scores: TeacherScores) -> float:
+        """The sampled estimator's baseline: the mean k1 advantage over the whole step (all processes), from
+        the log-probs the rollouts were sampled with, so every micro-batch uses the same."""
+        if self.config.loss.estimator != "sampled" or self.config.loss.baseline == "none":
+            return 0.0
+        total, count = losses.advantage_sum(rollouts.sampled_logprobs, scores.query_logprobs[..., -1], rollouts.mask)
+        return self.world.sum(total) / max(1, self.world.sum(count))
 
     def _traced(self, step: int) -> bool:
         every = self.config.output.trace_every
