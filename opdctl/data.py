@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import dataclass
 from itertools import islice
@@ -12,9 +13,11 @@ from transformers import PreTrainedTokenizerBase
 
 from opdctl.config import DataConfig
 from opdctl.errors import DataError, reason
+from opdctl.progress import reporter
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-DEMO_TRAINING_PROMPTS = 20_000
+BUILTIN_TASKS = {"demo": "opdctl.demo.task", "wordproblems": "opdctl.wordproblems"}  # modules with training_problems
+BUILTIN_TRAINING_PROMPTS = 20_000
 
 
 @dataclass
@@ -69,10 +72,9 @@ def load_rows(source: str, split: str = "train", name: str | None = None) -> lis
 
 def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PromptSet:
     """The training prompts named by the ``data`` section."""
-    if config.source == "demo":
-        from opdctl.demo.task import training_problems
-
-        problems = list(islice(training_problems(seed), config.limit or DEMO_TRAINING_PROMPTS))
+    if config.source in BUILTIN_TASKS:
+        task = importlib.import_module(BUILTIN_TASKS[config.source])
+        problems = list(islice(task.training_problems(seed), config.limit or BUILTIN_TRAINING_PROMPTS))
         texts = [p.prompt for p in problems]
         return PromptSet(
             [chat_prompt(tokenizer, t, config.chat_template) for t in texts], texts, [p.answer for p in problems]
@@ -87,19 +89,32 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
             f"dataset {config.source!r} has no column {config.prompt_field!r} "
             f"(columns: {', '.join(rows[0])}): set data.prompt_field"
         )
-    prompts = PromptSet([], [], [])
+    prompts, too_long = PromptSet([], [], []), 0
     for index, row in enumerate(rows):
         content = _prompt_content(row, config, index)
         ids = chat_prompt(tokenizer, content, config.chat_template)
         if len(ids) > config.max_prompt_tokens:
+            if config.skip_long_prompts:
+                too_long += 1
+                continue
             raise DataError(
                 f"{config.source} row {index}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
-                f"{config.max_prompt_tokens} (raise it, or remove long prompts from the data)"
+                f"{config.max_prompt_tokens} (raise it, set data.skip_long_prompts=true, or remove long prompts)"
             )
         prompts.ids.append(ids)
         prompts.texts.append(content if isinstance(content, str) else content[-1]["content"])
         answer = row.get(config.answer_field) if config.answer_field else None
         prompts.answers.append(None if answer is None else str(answer))
+    if too_long:
+        reporter().message(
+            f"skipped {too_long} of {len(rows)} prompts of {config.source} longer than data.max_prompt_tokens="
+            f"{config.max_prompt_tokens}"
+        )
+    if not prompts.ids:
+        raise DataError(
+            f"every prompt of {config.source} is longer than data.max_prompt_tokens={config.max_prompt_tokens}: "
+            "raise it"
+        )
     return prompts
 
 

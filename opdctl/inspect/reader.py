@@ -69,7 +69,7 @@ class RunTraces:
         """The student's tokenizer, from the newest checkpoint or the configured model."""
         from transformers import AutoTokenizer
 
-        from opdctl.demo import resolve_model
+        from opdctl.sources import resolve_model
 
         latest = self.run.latest_checkpoint()
         if latest is not None:
