@@ -9,6 +9,7 @@ import pytest
 PROBE = "import opdctl, os, torch; print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())"
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch
 @pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_wait_policy_is_passive_unless_set(given, expected):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
