@@ -232,7 +232,7 @@ def warm_up(student: torch.nn.Module, teacher: torch.nn.Module, texts: Texts, se
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            advance(kl=f"{float(loss):.2f}")
+            advance(kl=f"{loss.item():.2f}")
     student.eval().requires_grad_(False)
 
 
