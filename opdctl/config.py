@@ -68,9 +68,16 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="Sampling temperature (the loss uses T=1).")
     max_new_tokens: int = Field(12288, ge=1, description="Hard limit on response length.")
     truncate_on_drift: bool = Field(
-        False, description="Score while generating and stop a rollout once its weight reaches prune.stop_weight."
+        False,
+        description="Score while generating and stop a rollout once its weight reaches prune.stop_weight "
+        "(Prune-OPD only: prune.enable=false turns it off).",
     )
-    chunk_tokens: int = Field(64, ge=1, description="With truncate_on_drift: tokens generated between two checks.")
+    chunk_tokens: int = Field(
+        64,
+        ge=1,
+        description="With truncate_on_drift: the most tokens generated between two checks (chunks shrink as a "
+        "rollout nears its stop, so none is generated past it).",
+    )
     logprob_tolerance: float = Field(
         0.01,
         gt=0,
@@ -84,6 +91,11 @@ class LossConfig(Section):
     """The reverse-KL estimator."""
 
     estimator: str = Field("topk", description="A registered loss estimator (listed below).")
+    baseline: Literal["mean", "none"] = Field(
+        "mean",
+        description="sampled only: subtract the step's mean advantage from every token's (unbiased, less noise); "
+        "none is the plain k1 policy gradient.",
+    )
     k: int = Field(16, ge=1, description="Size of the student's candidate set S_t.")
     weighting: Literal["student_p", "teacher_p", "none"] = Field(
         "student_p", description="Candidate weights w_t(v): softmax of student or teacher log-probs on S_t, or uniform."
@@ -103,7 +115,9 @@ class LossConfig(Section):
 class PruneConfig(Section):
     """Prune-OPD's drift monitor and reliability weights."""
 
-    enable: bool = Field(True, description="false gives plain OPD (every weight 1).")
+    enable: bool = Field(
+        True, description="false gives plain OPD (every weight 1, no truncation on drift); see also budget.enable."
+    )
     metric: str = Field("overlap_ratio", description="A registered drift metric (listed below).")
     k: int | None = Field(None, ge=1, description="Top-k size of the drift metric (<= loss.k); null means loss.k.")
     threshold: float = Field(
@@ -254,8 +268,8 @@ class Config(Section):
             )
             _require(budget.max_len <= limit, "budget.max_len", budget.max_len, f"<= rollout.max_new_tokens ({limit})")
         _require(self.prune_k <= self.loss.k, "prune.k", self.prune.k, f"<= loss.k ({self.loss.k})")
-        if self.rollout.truncate_on_drift and not self.prune.enable:
-            raise ValueError("rollout.truncate_on_drift=true needs prune.enable=true (without weights nothing drifts)")
+        if not self.prune.enable:
+            self.rollout.truncate_on_drift = False  # truncation stops on Prune-OPD's weights: plain OPD has none
         batch = self.optim.prompts_per_step * self.rollout.n
         _require(
             self.optim.grad_accum <= batch, "optim.grad_accum", self.optim.grad_accum, f"<= rollouts per step ({batch})"

@@ -75,12 +75,16 @@ def sampled_reverse_kl(
     teacher_logprobs: torch.Tensor,
     loss_weight: torch.Tensor,
     num_tokens: int,
+    baseline: float = 0.0,
 ) -> torch.Tensor:
-    """Sampled-token (k1) estimator: L = -sum_t m_t A_t log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
+    """Sampled-token (k1) estimator: L = -sum_t m_t (A_t - b) log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
 
-    Both log-prob tensors are ``[B, T]`` log-probs of the sampled tokens.
+    Both log-prob tensors are ``[B, T]`` log-probs of the sampled tokens. ``baseline`` b
+    is a constant (the step's mean advantage: :func:`advantage_sum`): since
+    E_y[grad log p(y)] = 0 it leaves the expected gradient unchanged and removes the
+    noise of A_t's mean, -KL, which is never positive.
     """
-    advantage = (teacher_logprobs - student_logprobs).detach()
+    advantage = (teacher_logprobs - student_logprobs).detach() - baseline
     per_token = -advantage * student_logprobs
     return (per_token * loss_weight).sum() / num_tokens
 
@@ -94,6 +98,7 @@ class LossInputs:
     loss_weight: torch.Tensor  # [B, T] m_t, 0 on padding
     num_tokens: int  # valid tokens in the whole optimizer step
     teacher_exact: torch.Tensor | None = None  # [B, T, k+1] bool: which teacher values are exact (served teachers)
+    mean_advantage: float = 0.0  # the step's mean k1 advantage, all processes (:func:`advantage_sum`)
 
 
 @LOSS_ESTIMATORS.register("topk")
@@ -108,9 +113,10 @@ def topk_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
 
 @LOSS_ESTIMATORS.register("sampled")
 def sampled_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
-    """k1 on the sampled token y_t alone."""
+    """k1 on the sampled token y_t alone, less the step's mean advantage with loss.baseline=mean."""
     student, teacher = QueryLayout.sampled(inputs.student), QueryLayout.sampled(inputs.teacher)
-    return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens)
+    baseline = inputs.mean_advantage if config.baseline == "mean" else 0.0
+    return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, baseline)
 
 
 def opd_loss(
@@ -120,10 +126,20 @@ def opd_loss(
     loss_weight: torch.Tensor,
     num_tokens: int,
     teacher_exact: torch.Tensor | None = None,
+    mean_advantage: float = 0.0,
 ) -> torch.Tensor:
-    """The configured estimator on ``[B, T, k+1]`` log-probs in the query layout."""
-    inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact)
+    """The configured estimator on ``[B, T, k+1]`` log-probs in the query layout; ``mean_advantage`` is the
+    step's (see :meth:`opdctl.trainer.Trainer.mean_advantage`)."""
+    inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact, mean_advantage)
     return LOSS_ESTIMATORS.get(config.loss.estimator)(inputs, config.loss)
+
+
+def advantage_sum(
+    rollout_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor
+) -> tuple[float, int]:
+    """Sum of the k1 advantages log q(y) - log p(y) over valid tokens, and their number (summed over processes,
+    they give the sampled estimator's baseline)."""
+    return float(((teacher_logprobs - rollout_logprobs) * mask).sum()), int(mask.sum())
 
 
 def reverse_kl_estimate(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> float:

@@ -106,6 +106,7 @@ class StepOutcome:
             "tokens_scored": int(self.generated.sum()),
             "tokens_trained": int(((self.loss_weight > 0) & mask).sum()),
             "tokens_not_generated": int((max_len - self.generated)[stopped].sum()) if stopped.any() else 0,
+            "tokens_discarded": int((self.generated - self.lengths).sum()),
             **{f"finish_{reason}": self.finish_reasons.count(reason) for reason in FINISH_REASONS},
         }
 
@@ -138,6 +139,7 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
         "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in done),
         "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in done),
         "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in done),
+        "tokens_discarded": sum(r.get("tokens_discarded", 0) for r in done),
         "eval": {
             e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")} for e in evals
         },

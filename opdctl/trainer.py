@@ -34,7 +34,7 @@ from opdctl.errors import BackendError, RunError
 from opdctl.evaluation.benchmarks import Benchmark
 from opdctl.evaluation.in_training import evaluate_in_training
 from opdctl.generation import generate_and_score, now
-from opdctl.losses import opd_loss
+from opdctl.losses import advantage_sum, opd_loss
 from opdctl.outcome import StepOutcome, summarize_run
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir
@@ -221,7 +221,8 @@ class Trainer:
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
     ) -> Update:
-        """Forward/backward over micro-batches, then one clipped optimizer step (skipped if non-finite).
+        """Forward/backward over micro-batches of similar length, then one clipped optimizer step (skipped if
+        non-finite).
 
         The loss is a token mean over the whole step (all processes); DistributedDataParallel
         averages gradients over processes, so each process scales its part by their number.
@@ -232,12 +233,12 @@ class Trainer:
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         loss_weight = loss_weight.to(device)
         total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
-        size = math.ceil(len(rollouts) / cfg.optim.grad_accum)
-        for start in range(0, len(rollouts), size):
-            rows = slice(start, start + size)
+        mean_advantage = self.mean_advantage(rollouts, scores)
+        groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
+        for number, rows in enumerate(groups):
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
-            with self.student.gradient_sync(start + size >= len(rollouts)):
+            with self.student.gradient_sync(number == len(groups) - 1):
                 student_lp = self.student.logprobs(part, query_ids[rows, :width])
                 loss = opd_loss(
                     cfg,
@@ -246,6 +247,7 @@ class Trainer:
                     loss_weight[rows, :width],
                     num_tokens,
                     exact[rows, :width] if exact is not None else None,
+                    mean_advantage,
                 )
                 (loss * world.size).backward()
             total_loss += loss.item()
@@ -268,6 +270,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.student.weights_updated()
         return Update(total_loss, float(grad_norm), self.scheduler.get_last_lr()[0], not finite, sampled_lp)
+
+    def mean_advantage(self, rollouts: Rollouts, scores: TeacherScores) -> float:
+        """The sampled estimator's baseline (loss.baseline=mean): the mean k1 advantage over the whole step (all
+        processes), from the log-probs the rollouts were sampled with, so every micro-batch uses the same."""
+        if self.config.loss.estimator != "sampled" or self.config.loss.baseline == "none":
+            return 0.0
+        teacher = QueryLayout.sampled(scores.query_logprobs)
+        total, count = advantage_sum(rollouts.sampled_logprobs, teacher, rollouts.mask)
+        return self.world.sum(total) / max(1, self.world.sum(count))
 
     def _traced(self, step: int) -> bool:
         every = self.config.output.trace_every
@@ -294,6 +305,14 @@ class Trainer:
         summary = summarize_run(self.run.read_metrics(), str(self.run.path), self.state.step, self.state.elapsed)
         self.run.write_summary(summary)
         return summary
+
+
+def length_groups(lengths: torch.Tensor, count: int) -> list[list[int]]:
+    """Row indices in ``count`` micro-batches of similar length (shortest first), so each pads only to its own
+    longest row; the loss is a token sum over the step, so the gradient is the same as one batch's."""
+    order = sorted(range(len(lengths)), key=lambda row: (int(lengths[row]), row))
+    size = math.ceil(len(order) / count)
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def _step_seed(seed: int, step: int) -> int:

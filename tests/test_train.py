@@ -120,6 +120,40 @@ def test_plain_opd_is_the_same_loop_with_unit_weights(tiny_models, tmp_path):
     assert (tokens["loss_weight"] == 1.0).all()
 
 
+def _documented_plain_opd() -> list[str]:
+    """The plain-OPD overrides as README's command list and docs/config.md's table write them."""
+    root = Path(__file__).parent.parent
+    command = next(line for line in (root / "README.md").read_text().splitlines() if "# plain OPD" in line)
+    overrides = command.split("#")[0].split()[2:]  # after "opdctl train"
+    row = next(line for line in (root / "README.md").read_text().splitlines() if "| plain OPD baseline" in line)
+    assert row.split("`")[1].split() == overrides
+    return overrides
+
+
+@pytest.mark.slow
+def test_documented_plain_opd_baseline_runs_on_the_demo_config(tiny_models, tmp_path):
+    """README's baseline command, on the embedded demo config (truncation on), with tiny models and one step."""
+    overrides = _documented_plain_opd()
+    assert overrides == ["prune.enable=false", "budget.enable=false"]
+    run_dir = tmp_path / "plain"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *overrides,
+            f"student.model={tiny_models['student']}",
+            f"teacher.model={tiny_models['teacher']}",
+            *["rollout.max_new_tokens=32", "optim.steps=1", "optim.prompts_per_step=2", "eval.bench=[]"],
+            f"output.dir={run_dir}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["rollout"]["truncate_on_drift"] is False and resolved["prune"]["enable"] is False
+    steps = [r for r in read_metrics(run_dir) if "eval" not in r]
+    assert steps[0]["weight"] == 1.0 and steps[0]["finish_drift"] == 0
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup", "expected"),
     [("linear", 0, [0.75, 0.5, 0.25, 0.0]), ("cosine", 2, [0.5, 1.0, 0.5, 0.0]), ("constant", 2, [0.5, 1, 1, 1])],
@@ -131,12 +165,14 @@ def test_learning_rate_follows_the_schedule(tiny_models, tmp_path, schedule, war
     assert lrs == pytest.approx([1e-3 * f for f in expected], abs=1e-12)
 
 
-def test_sampled_estimator_and_top_p_metric_follow_their_formulas(tiny_models, tmp_path):
-    """Every token is traced, so the logged loss recomputes from the traces: -sum m_t A_t log p(y_t) / tokens."""
+@pytest.mark.parametrize("baseline", ["none", "mean"])
+def test_sampled_estimator_and_top_p_metric_follow_their_formulas(tiny_models, tmp_path, baseline):
+    """Every token is traced, so the logged loss recomputes from the traces: -sum m_t (A_t - b) log p(y_t) / tokens,
+    b the step's mean advantage (from the rollout log-probs, which differ from the traced ones by the logged gap)."""
     config = tiny_config(
         tiny_models,
         tmp_path / "run",
-        loss={"estimator": "sampled"},
+        loss={"estimator": "sampled", "baseline": baseline},
         prune={"metric": "teacher_top_p", "threshold": 0.9},
     )
     train(write_config(tmp_path / "c.yaml", config))
@@ -146,8 +182,10 @@ def test_sampled_estimator_and_top_p_metric_follow_their_formulas(tiny_models, t
     for record in steps:
         mine = tokens[tokens.step == record["step"]]
         advantage = mine.teacher_logprob - mine.student_logprob
-        expected = -(mine.loss_weight * advantage * mine.student_logprob).sum() / len(mine)
-        assert record["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        b = advantage.mean() if baseline == "mean" else 0.0
+        expected = -(mine.loss_weight * (advantage - b) * mine.student_logprob).sum() / len(mine)
+        slack = record["logprob_gap_mean"] * float(abs((mine.loss_weight * mine.student_logprob).sum())) / len(mine)
+        assert record["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6 + slack)
 
 
 def test_in_training_evaluation_is_logged(tiny_models, tmp_path):
@@ -213,3 +251,41 @@ def test_console_script_runs(tiny_models, tmp_path):
     result = subprocess.run([str(script), "train", "-c", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "tokens generated" in result.stdout
+
+
+@pytest.mark.parametrize("estimator", ["topk", "sampled"])
+def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, tmp_path, estimator):
+    """The update over length-grouped micro-batches equals one whole-batch update (loss, parameters)."""
+    from opdctl.backends import Sampling
+    from opdctl.config import validate
+    from opdctl.data import PromptSet
+    from opdctl.demo.models import prompt_ids
+    from opdctl.demo.task import held_out
+    from opdctl.demo.tokenizer import build_tokenizer
+    from opdctl.drift import measure_drift
+    from opdctl.trainer import Trainer, length_groups
+    from opdctl_hf import HFStudent, HFTeacher
+
+    prompts = [prompt_ids(build_tokenizer(), p) for p in held_out(9)]
+    results = []
+    for accum in (1, 4):
+        raw = tiny_config(tiny_models, tmp_path / f"run{accum}", loss={"k": 4, "estimator": estimator})
+        config = validate({**raw, "optim": {**raw["optim"], "grad_accum": accum, "prompts_per_step": 9}})
+        student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
+        teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"])))
+        run = RunDir.create(tmp_path / f"run{accum}", config.to_yaml())
+        trainer = Trainer(config, run, student, teacher, PromptSet(prompts, [""] * 9, [None] * 9))
+        rollouts = student.generate(prompts, Sampling(24, 1.0, record_topk=4, seed=5))
+        scores = teacher.score(rollouts, rollouts.query_ids(), 2)
+        weights = measure_drift(config, rollouts, scores).weights.loss_weight
+        update = trainer.update(rollouts, rollouts.query_ids(), scores, weights)
+        results.append((update, [p.detach().clone() for p in student.model.parameters()], rollouts))
+    (one, params_one, rollouts), (grouped, params_grouped, _) = results
+    assert len(set(rollouts.lengths.tolist())) > 3  # lengths differ: the groups pad differently
+    groups = length_groups(rollouts.lengths, 4)
+    assert sorted(row for group in groups for row in group) == list(range(9)) and len(groups) == 3
+    assert grouped.loss == pytest.approx(one.loss, rel=1e-5, abs=1e-7)
+    assert grouped.grad_norm == pytest.approx(one.grad_norm, rel=1e-5)  # Adam's first step hides scale
+    assert torch.allclose(grouped.sampled_logprobs, one.sampled_logprobs, atol=1e-5)
+    for a, b in zip(params_one, params_grouped, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
