@@ -114,7 +114,7 @@ def test_calibrated_threshold_holds_on_fresh_teacher_text(real_teacher, real_stu
     text = _score(teacher.generate(fresh, Sampling(48, 1.0, seed=123)), scorer, teacher, 16)
     mask = text.rollouts.mask
     overlap = drift.weighted_overlap(text.student.topk_ids, text.student.topk_logprobs, text.teacher.topk_ids)
-    bad = drift.bad_events(overlap, mask, "weighted_overlap", result.threshold)
+    bad = drift.bad_events(overlap, mask, result.threshold)
     assert int(mask.sum()) > 200
     assert float(bad.sum() / mask.sum()) < 0.15
 
