@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,16 @@ from opdctl.budget import BudgetLimits, BudgetState, update_budget
 from opdctl.config import BackendConfig, Config, resolve_run_dir, validate
 from opdctl.data import PromptSampler, PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
-from opdctl.errors import BackendError, ConfigError, RunError
+from opdctl.errors import BackendError, ConfigError, OpdctlError, RunError
 from opdctl.evaluation.benchmarks import Benchmark, load_benchmarks
 from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.runner import Settings, evaluate
 from opdctl.monitor import DriftMonitor
 from opdctl.outcome import StepOutcome
 from opdctl.progress import reporter
-from opdctl.rundir import RunDir
+from opdctl.resume import finished_note, resume_checkpoint, unloadable
+from opdctl.rundir import RunDir, write_failure
+from opdctl.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.traces import trace_tables
 
 STATE_FILE = "trainer_state.json"
@@ -216,13 +219,33 @@ class Trainer:
     # the loop ----------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait."""
+        """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait.
+
+        SIGINT/SIGTERM stop after the current step with a checkpoint; a second one stops at once.
+        A full disk or an unwritable file stops with the path and the resume command.
+        """
+        try:
+            with stop_on_signals() as stop:
+                return self._fit(stop)
+        except KeyboardInterrupt:
+            raise self._stopped_at_once() from None
+        except OSError as exc:
+            message = write_failure(exc, self.run.path, f"opdctl train --resume {self.run.path}")
+            if message is None:
+                raise
+            raise RunError(f"{message} (the run is kept up to its last checkpoint)") from exc
+        finally:
+            self.run.lock.release()
+
+    def _fit(self, stop: StopRequest) -> dict[str, Any]:
         cfg = self.config
         if self.step == 0:
             self.evaluate("before")
         with reporter().task("Training", cfg.optim.steps) as advance:
             advance(self.step)
             while self.step < cfg.optim.steps:
+                if self._stop_requested(stop):
+                    raise self._stop(stop)
                 started = time.perf_counter()
                 try:
                     record = self.train_step()
@@ -235,10 +258,46 @@ class Trainer:
                     advance(**_progress_fields(record))
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.optim.steps:
                     self.evaluate("during")
-                if self.step % cfg.output.save_every == 0 or self.step == cfg.optim.steps:
+                if self._save_due():
                     self.save()
         self.evaluate("after")
         return self.summarize() if self.world.main else {}
+
+    def _save_due(self) -> bool:
+        return self.step % self.config.output.save_every == 0 or self.step == self.config.optim.steps
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether any process was asked to stop (all processes stop after the same step)."""
+        if not self.world.distributed:
+            return stop.requested
+        asked = [signum for signum in self.world.gather(stop.signum) if signum is not None]
+        if asked and stop.signum is None:
+            stop.signum = asked[0]
+        return bool(asked)
+
+    def _stop(self, stop: StopRequest) -> Stopped:
+        """Checkpoint the steps done (unless just saved) and say how to continue."""
+        import signal
+
+        name = signal.Signals(stop.signum).name
+        if self.step == 0:
+            where = "before the first step"
+        else:
+            if not self._save_due():
+                self.save()
+            where = f"after step {self.step}, checkpoint saved"
+        return Stopped(f"stopped on {name} {where}; continue with: opdctl train --resume {self.run.path}", stop.signum)
+
+    def _stopped_at_once(self) -> Stopped:
+        import signal
+
+        latest = self.run.latest_checkpoint()
+        since = f"its checkpoint at step {latest[0]}" if latest else "step 0"
+        return Stopped(
+            f"stopped at once during step {self.step + 1}; continue from {since} with: "
+            f"opdctl train --resume {self.run.path}",
+            signal.SIGINT,
+        )
 
     def train_step(self) -> dict[str, Any] | None:
         """One Prune-OPD step over this process's share of the batch; process 0 returns the step's record."""
@@ -431,9 +490,12 @@ class Trainer:
             models.append(("teacher", self.teacher))
         limit = cfg.max_new_tokens or self.config.rollout.max_new_tokens
         settings = Settings(cfg.n, cfg.temperature, cfg.top_p, limit, self.config.seed, self.config.data.chat_template)
+        done = {(r["eval"], r["when"]) for r in self.run.read_metrics() if "eval" in r and r.get("step") == self.step}
         with Grader(workers=min(4, os.cpu_count() or 1)) as grader:
             for benchmark in self.benchmarks:
                 for label, model in models:
+                    if (benchmark.name, label) in done:  # a resumed run has it already
+                        continue
                     score = evaluate(
                         model, self.student.tokenizer, benchmark, settings, grader, batch_size=256, pass_k=cfg.pass_k
                     )
@@ -443,7 +505,11 @@ class Trainer:
                     reporter().message(f"{benchmark.name}: {who} accuracy {score.accuracy:.1%} at step {self.step}")
 
     def summarize(self) -> dict[str, Any]:
-        records = self.run.read_metrics()
+        scan = self.run.scan_metrics()
+        note = scan.note(self.run.metrics_path)
+        if note:
+            reporter().message(note)
+        records = scan.records
         steps = [r for r in records if "eval" not in r]
         evals = [r for r in records if "eval" in r]
         summary = {
@@ -482,47 +548,92 @@ def check_lengths(config: Config, student: Student, prompts: PromptSet) -> None:
 
 
 def start_run(config: Config, resume: Path | None = None) -> Trainer:
-    """Build a trainer for a new run, or for ``resume``'s run from its last checkpoint.
+    """Build a trainer for a new run, or for ``resume``'s run from its newest complete checkpoint.
 
-    Backends and data load before a new run directory is created, so a run that
-    cannot start leaves nothing behind.
+    Process 0 owns the run directory (its lock) from the start. A new run's directory is
+    removed again if the run cannot start; a resume writes nothing until the checkpoint
+    has loaded, so a failed resume leaves the run as it was.
     """
     world = setup_world()
-    run = RunDir.open(resume) if resume is not None else None
-    path = run.path if run else Path(world.broadcast(str(resolve_run_dir(config.output.dir))))
-    if run is None:
-        RunDir.refuse_existing(path)
-    latest = run.latest_checkpoint() if run else None
-    student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None, world=world)
+    run = _claim_run_dir(config, resume, world)
+    try:
+        return _build_trainer(config, run, resume is not None, world)
+    except BaseException:
+        if world.main:
+            run.abandon()
+        raise
+
+
+def _claim_run_dir(config: Config, resume: Path | None, world: World) -> RunDir:
+    """Process 0 locks the run directory (creating a new run's); every process learns where it is."""
+
+    def claim() -> RunDir:
+        if resume is not None:
+            run = RunDir.open(resume)
+            run.lock.acquire()
+            return run
+        template = config.output.dir
+        return RunDir.claim(resolve_run_dir(template), unique="{timestamp}" in template)
+
+    run = _on_main(world, claim)
+    return run if isinstance(run, RunDir) else RunDir(run)
+
+
+def _on_main(world: World, action: Callable[[], Any]) -> Any:
+    """``action()`` on process 0, its result (a RunDir as its path) or its error on every process."""
+    if not world.distributed:
+        return action()
+    result, error = None, None
+    if world.main:
+        try:
+            result = action()
+        except OpdctlError as exc:
+            error = str(exc)
+    shared = result.path if isinstance(result, RunDir) else result
+    error, shared = world.broadcast((error, shared))
+    if error:
+        raise RunError(error)
+    return result if world.main else shared
+
+
+def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) -> Trainer:
+    latest = _on_main(world, lambda: resume_checkpoint(run, config.optim.steps)) if resuming else None
+    student_model = str(latest[1]) if latest else None
+    try:
+        student, teacher = load_backends(config, student_model=student_model, world=world)
+    except BackendError as exc:
+        if latest and student_model in str(exc):
+            raise unloadable(latest[1], exc) from exc
+        raise
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)
     benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
-    config.output.dir = str(path)
-    if world.main:
-        if run is None:
-            run = RunDir.create(path, config.to_yaml())
-        else:
-            run.write_config(config.to_yaml())
-    world.barrier()
-    run = run or RunDir.open(path)
+    config.output.dir = str(run.path)
     trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)
     if latest is not None:
-        trainer.restore(latest[1])
-        reporter().message(f"Resuming {run.path} from step {trainer.step}")
+        try:
+            trainer.restore(latest[1])
+        except Exception as exc:
+            raise unloadable(latest[1], exc) from exc
     if world.main:
-        run.rewind(trainer.step)
+        run.write_config(config.to_yaml())
+        for note in run.rewind(trainer.step) if resuming else []:
+            reporter().message(f"warning: {note}")
+        if latest is not None:
+            reporter().message(f"Resuming {run.path} from step {trainer.step}")
+        done = finished_note(run, trainer.step, config.optim.steps)
+        if resuming and done:
+            reporter().message(done)
     world.barrier()
     return trainer
 
 
 def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     """The config a run was started with, plus command-line overrides."""
-    import yaml
-
-    from opdctl.config import apply_override
+    from opdctl.config import apply_override, read_yaml
 
     run = RunDir.open(run_dir)
-    raw = yaml.safe_load(run.config_path.read_text()) or {}
+    raw = read_yaml(run.config_path)
     if not raw:
         raise RunError(f"{run_dir}/config.yaml is empty: the run never started; start a new run instead")
     for override in overrides:

@@ -23,7 +23,7 @@ from opdctl.evaluation.metrics import BenchmarkScore, overall, score
 from opdctl.evaluation.results import EvalDir
 from opdctl.evaluation.runner import Generator, Settings, context_length, generate_rows
 from opdctl.progress import reporter
-from opdctl.rundir import RunDir
+from opdctl.rundir import RunDir, check_output, write_failure
 
 
 @dataclass
@@ -80,6 +80,8 @@ def run_eval(request: EvalRequest) -> EvalResult:
     """
     _check(request)
     started = time.perf_counter()
+    if request.output is not None:
+        check_output(request.output, "evaluation", "--output")
     ref = resolve(request.model, request.checkpoint)
     benchmarks = load_benchmarks(
         request.bench, request.data, request.fields, request.prompt_template, request.max_problems
@@ -94,18 +96,26 @@ def run_eval(request: EvalRequest) -> EvalResult:
         previous = out.rows()
         resuming = f"; {len(previous)} responses already there" if previous else ""
         reporter().message(f"results in {out.path} (rerun with --output {out.path} to resume){resuming}")
-        with Grader(request.grade_workers, request.grade_timeout) as grader:
-            scores = [
-                _run_benchmark(generator, tokenizer, benchmark, settings, grader, request, out, previous)
-                for benchmark in benchmarks
-            ]
+        try:
+            with Grader(request.grade_workers, request.grade_timeout) as grader:
+                scores = [
+                    _run_benchmark(generator, tokenizer, benchmark, settings, grader, request, out, previous)
+                    for benchmark in benchmarks
+                ]
+            total = overall(scores)
+            seconds = time.perf_counter() - started
+            out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
+        except OSError as exc:
+            message = write_failure(exc, out.path, f"the same command (it resumes from {out.path})")
+            if message is None:
+                raise
+            raise RunError(message) from exc
+        finally:
+            out.close()
     finally:
         close = getattr(generator, "close", None)
         if close is not None:
             close()
-    total = overall(scores)
-    seconds = time.perf_counter() - started
-    out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
     return EvalResult(out.path, scores, total, request.n, seconds)
 
 
@@ -181,7 +191,9 @@ def load_generator(request: EvalRequest, ref: ModelRef) -> tuple[Generator, PreT
         options = {"model": request.served_model, "base_url": request.base_url, "max_concurrency": request.concurrency}
         return cls(_backend_config(cls, options)), _tokenizer(request.tokenizer or ref.source or "")
     cls = backend_class("teacher", "hf")
-    generator = cls(_backend_config(cls, {"model": ref.source, "dtype": request.dtype, "device": request.device}))
+    generator = cls(
+        _backend_config(cls, {"model": ref.source, "dtype": request.dtype, "device": request.device}), setting="--model"
+    )
     return generator, generator.tokenizer
 
 
