@@ -27,7 +27,7 @@ class LoraOptions(BaseModel):
 
     r: int = Field(16, ge=1, description="Adapter rank.")
     alpha: int = Field(32, ge=1, description="Scaling numerator (alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Adapter dropout.")
+    dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="Adapter dropout.")
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules that get adapters.")
 
 
@@ -41,10 +41,14 @@ class VLLMRolloutOptions(BaseModel):
     sync_dir: str = Field(
         "/tmp/opdctl-student-weights", description="vllm-server: shared directory the server reloads weights from."
     )
-    timeout: float = Field(600.0, gt=0, description="vllm-server: seconds per request.")
+    timeout: float = Field(600.0, gt=0, allow_inf_nan=False, description="vllm-server: seconds per request.")
     max_concurrency: int = Field(32, ge=1, description="vllm-server: requests in flight.")
     gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1, description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU)."
+        0.3,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU).",
     )
     max_model_len: int | None = Field(None, ge=1, description="vllm-colocate: context for the engine.")
     enforce_eager: bool = Field(False, description="vllm-colocate: skip CUDA graphs (needed on CPU).")
@@ -122,8 +126,8 @@ class HFStudent:
 
     def __init__(self, config: HFStudentConfig) -> None:
         self.config = config
-        self.tokenizer = load_tokenizer("student", config)
-        self.model = with_lora(load_model("student", config, trainable=True), config)
+        self.tokenizer = load_tokenizer("student.model", config)
+        self.model = with_lora(load_model("student.model", config, trainable=True), config)
         self.device = next(self.model.parameters()).device
         self.world = World()
         self.engine = rollout_engine(config, self.model)
@@ -174,7 +178,7 @@ class HFStudent:
 
     @staticmethod
     def load_tokenizer(config: HFStudentConfig) -> PreTrainedTokenizerBase:
-        return load_tokenizer("student", config)
+        return load_tokenizer("student.model", config)
 
     def _autocast(self) -> torch.autocast:
         name = self.config.autocast
