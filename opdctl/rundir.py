@@ -47,6 +47,14 @@ EVAL_MARKERS = ("settings.json", "responses.jsonl")  # an evaluation's output di
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
 
 
+def disk_full(path: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system holding ``path`` has less than ``margin`` bytes free."""
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
 def write_failure(exc: OSError, fallback: Path, resume: str) -> str | None:
     """One line for a failed write (full disk, quota, read-only): the file, the cause, how to go on; else None."""
     if exc.errno not in WRITE_ERRORS:
@@ -115,13 +123,9 @@ class DirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            error = self._in_use(fd)
             os.close(fd)
-            pid = holder.split(maxsplit=1)[0]
-            raise RunError(
-                f"{self.directory} is in use by process {holder}: wait for it to end (or stop it: kill {pid}), "
-                "then retry"
-            ) from None
+            raise error from None
         self._fd = fd
         try:
             os.ftruncate(fd, 0)
@@ -129,6 +133,25 @@ class DirLock:
         except OSError:  # a full disk: the lock holds, only its label is missing
             pass
         return self
+
+    def refuse_if_held(self) -> None:
+        """Raise the in-use error if another process holds the lock; writes nothing."""
+        if self.held or not self.path.is_file():
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._in_use(fd) from None
+        finally:
+            os.close(fd)
+
+    def _in_use(self, fd: int) -> RunError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        pid = holder.split(maxsplit=1)[0]
+        return RunError(
+            f"{self.directory} is in use by process {holder}: wait for it to end (or stop it: kill {pid}), then retry"
+        )
 
     def release(self) -> None:
         if self._fd is not None:
@@ -281,6 +304,7 @@ class RunDir:
 
     @staticmethod
     def refuse_existing(path: Path) -> None:
+        DirLock(path).refuse_if_held()
         if (Path(path) / "config.yaml").exists():
             raise RunError(
                 f"{path} already holds a run: continue it with --resume {path}, or set output.dir to a new directory"
@@ -295,7 +319,8 @@ class RunDir:
         """
         path = Path(path)
         check_output(path, "run", "output.dir")
-        cls.refuse_existing(path)
+        if not unique:
+            cls.refuse_existing(path)
         for attempt in range(1, 1000):
             candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
             created = not candidate.exists()
@@ -422,7 +447,12 @@ class RunDir:
         """Write a checkpoint through ``write(staging_dir)``, then drop all but the newest ``keep``."""
         path = self.checkpoints_path / step_name(step)
         with atomic_directory(path) as staging:
-            write(staging)
+            try:
+                write(staging)
+            except Exception as exc:  # torch and safetensors report a full disk as their own errors
+                if isinstance(exc, OSError) or not disk_full(staging):
+                    raise
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging)) from exc
             write_manifest(staging)
         if keep is not None:
             for _, old in self.checkpoints()[:-keep]:
