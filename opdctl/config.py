@@ -31,14 +31,19 @@ class BackendConfig(Section):
     """Keys every teacher/student backend has; plugins subclass this with their own."""
 
     backend: str = Field("hf", description="Installed backend name (see `opdctl backends`).")
-    model: str = Field("demo:student", description="Local directory, hub id, or demo:teacher / demo:student.")
+    model: str = Field(
+        "demo:student",
+        description="Local directory, .gguf file, hub id, pkg:PACKAGE/FILE, or demo:teacher / demo:student.",
+    )
 
 
 class DataConfig(Section):
     """Training prompts."""
 
     source: str = Field(
-        "demo", description="'demo' (the built-in task), a local .jsonl/.json/.parquet file, or a hub dataset id."
+        "demo",
+        description="'demo' (the built-in task), 'wordproblems' (English word problems, built in), "
+        "a local .jsonl/.json/.parquet file, or a hub dataset id.",
     )
     name: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Hub dataset split.")
@@ -48,7 +53,10 @@ class DataConfig(Section):
         "{prompt}", description="Format string for text prompts: {prompt} and any column name, e.g. '{problem} ...'."
     )
     chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template when it has one.")
-    max_prompt_tokens: int = Field(1024, ge=1, description="Longer prompts are an error naming the row.")
+    max_prompt_tokens: int = Field(
+        1024, ge=1, description="Longer prompts are an error naming the row (or skipped, see skip_long_prompts)."
+    )
+    skip_long_prompts: bool = Field(False, description="Skip and count prompts over max_prompt_tokens.")
     skip_bad_rows: bool = Field(
         False, description="Skip (and count) rows whose prompt is missing, empty or malformed instead of stopping."
     )

@@ -6,14 +6,20 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from opdctl.errors import OpdctlError
 from opdctl.evaluation.metrics import BenchmarkScore
+
+if TYPE_CHECKING:
+    from opdctl.calibrate import Calibration
+    from opdctl.shrink import ShrinkReport
 
 PIPED_WIDTH = 160  # wide enough for our tables when output goes to a file or a CI log
 
@@ -100,6 +106,72 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def shrink_table(model: str, out: Path, report: ShrinkReport) -> Table:
+    """What ``opdctl shrink`` built and what it cost in KL to the teacher."""
+    table = Table(title=f"student of {model} in {out}", header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    kept = len(report.kept_layers)
+    table.add_row("layers kept", f"{kept} of {kept + len(report.dropped_layers)}")
+    table.add_row("layers dropped", ", ".join(map(str, report.dropped_layers)))
+    table.add_row("parameters", f"{report.parameters_after / 1e6:.1f}M of {report.parameters_before / 1e6:.1f}M")
+    table.add_row("KL(teacher || student) after dropping", f"{report.kl_dropped:.3f}")
+    table.add_row("KL(teacher || student) after the warm-up", f"{report.kl_warmed:.3f}")
+    table.add_row("KL(student || teacher) after dropping", f"{report.reverse_kl_dropped:.3f}")
+    table.add_row("KL(student || teacher) after the warm-up", f"{report.reverse_kl_warmed:.3f}")
+    table.add_row("time", f"{report.seconds:.0f} s")
+    return table
+
+
+def calibration_tables(result: Calibration) -> list[Table]:
+    """Every signal's bad-event rates on both texts, then the configured signal's histogram."""
+    from opdctl.calibrate import PAPER_THRESHOLDS, choose_threshold
+
+    counts = [text.values(result.signal).numel() for text in (result.teacher_text, result.student_text)]
+    title = f"bad-event rates on {counts[0]:,} tokens of teacher text and {counts[1]:,} of student rollouts"
+    rates = Table(title=title, header_style="bold")
+    for header in ("signal", "paper threshold", "teacher text", "student text", f"threshold for {result.target:.0%}",
+                   "teacher text", "student text"):  # fmt: skip
+        rates.add_column(header, justify="right" if header != "signal" else "left")
+    for signal in result.signals():
+        teacher, student = result.teacher_text.values(signal), result.student_text.values(signal)
+        paper = PAPER_THRESHOLDS[signal.metric]
+        try:
+            own = choose_threshold(signal, teacher, result.target)
+            calibrated = [f"{own:.3g}", _pct(signal.bad_rate(teacher, own)), _pct(signal.bad_rate(student, own))]
+        except OpdctlError:
+            calibrated = ["unreachable", "-", "-"]
+        style = "bold" if signal == result.signal else None
+        row = [signal.name, f"{paper:g}", _pct(signal.bad_rate(teacher, paper)), _pct(signal.bad_rate(student, paper))]
+        rates.add_row(*row, *calibrated, style=style)
+    return [rates, _histogram(result)]
+
+
+def _histogram(result: Calibration, bins: int = 10) -> Table:
+    import torch
+
+    signal = result.signal
+    teacher, student = result.teacher_text.values(signal), result.student_text.values(signal)
+    table = Table(title=f"{signal.name}: chosen threshold {result.threshold:.4g} ({_pct(result.teacher_rate)} of "
+                  f"teacher tokens, {_pct(result.student_rate)} of student tokens are bad events)",
+                  header_style="bold")  # fmt: skip
+    for header in ("value", "teacher text", "", "student text", ""):
+        table.add_column(header)
+    edges = torch.linspace(0, 1, bins + 1)
+    for low, high in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+        last = high >= 1.0
+        cells = []
+        for values in (teacher, student):
+            inside = (values >= low) & ((values <= high) if last else (values < high))
+            share = float(inside.float().mean()) if values.numel() else 0.0
+            cells += [_pct(share), "█" * round(share * 40)]
+        table.add_row(f"{low:.1f}-{high:.1f}", *cells)
+    if not signal.bad_below:
+        outside = [_pct(float(torch.isinf(v).float().mean())) if v.numel() else "-" for v in (teacher, student)]
+        table.add_row("not in top-k", outside[0], "", outside[1], "")
+    return table
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -109,13 +181,13 @@ def _num(value: float | None) -> str:
 
 
 def eval_table(title: str, scores: list[BenchmarkScore], total: BenchmarkScore, n: int) -> Table:
-    """Per-benchmark metrics and their unweighted mean: avg@n, pass@k, maj@n, lengths, truncation."""
+    """Per-benchmark metrics and their unweighted mean: avg@n, pass@k, maj@n, lengths, truncation, no answer."""
     ks = sorted(total.pass_at)
     context = any(s.over_context for s in scores)
     table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, padding=0)
     names = [s.name for s in [*scores, total]]
     table.add_column("benchmark", no_wrap=True, min_width=max(map(len, names)))
-    headers = ["problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "length", "truncated"]
+    headers = ["problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "length", "truncated", "no answer"]
     for header in [*headers, *(["no room"] if context else [])]:
         table.add_column(header, justify="right", no_wrap=True)
     for row, score in enumerate([*scores, total]):
@@ -127,6 +199,7 @@ def eval_table(title: str, scores: list[BenchmarkScore], total: BenchmarkScore, 
             _pct(score.majority),
             _num(score.mean_length),
             _pct(score.truncated),
+            _pct(score.no_answer),
             *([_pct(score.over_context)] if context else []),
         ]
         table.add_row(*cells, end_section=row == len(scores) - 1, style="bold" if row == len(scores) else None)

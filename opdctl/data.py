@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from opdctl.progress import reporter
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 OTHER_FILE_SUFFIXES = {".csv", ".tsv", ".txt", ".yaml", ".yml", ".xlsx", ".xls", ".arrow", ".gz", ".zip", ".md"}
-DEMO_TRAINING_PROMPTS = 20_000
+BUILTIN_TASKS = {"demo": "opdctl.demo.task", "wordproblems": "opdctl.wordproblems"}  # modules with training_problems
+BUILTIN_TRAINING_PROMPTS = 20_000
 
 
 @dataclass
@@ -101,10 +103,9 @@ def _find_bad_line(path: Path) -> None:
 
 def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PromptSet:
     """The training prompts named by the ``data`` section."""
-    if config.source == "demo":
-        from opdctl.demo.task import training_problems
-
-        problems = list(islice(training_problems(seed), config.limit or DEMO_TRAINING_PROMPTS))
+    if config.source in BUILTIN_TASKS:
+        task = importlib.import_module(BUILTIN_TASKS[config.source])
+        problems = list(islice(task.training_problems(seed), config.limit or BUILTIN_TRAINING_PROMPTS))
         texts = [p.prompt for p in problems]
         return PromptSet(
             [chat_prompt(tokenizer, t, config.chat_template) for t in texts], texts, [p.answer for p in problems]
@@ -119,7 +120,7 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
             f"dataset {config.source!r} has no column {config.prompt_field!r} "
             f"(columns: {', '.join(rows[0])}): set data.prompt_field"
         )
-    prompts, skipped = PromptSet([], [], []), []
+    prompts, skipped, too_long = PromptSet([], [], []), [], 0
     for index, row in enumerate(rows):
         problem = _prompt_problem(row.get(config.prompt_field), config.prompt_field)
         if problem:
@@ -133,9 +134,12 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         content = _prompt_content(row, config, index)
         ids = chat_prompt(tokenizer, content, config.chat_template)
         if len(ids) > config.max_prompt_tokens:
+            if config.skip_long_prompts:
+                too_long += 1
+                continue
             raise DataError(
                 f"{config.source} row {index}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
-                f"{config.max_prompt_tokens} (raise it, or remove long prompts from the data)"
+                f"{config.max_prompt_tokens} (raise it, set data.skip_long_prompts=true, or remove long prompts)"
             )
         prompts.ids.append(ids)
         prompts.texts.append(content if isinstance(content, str) else content[-1]["content"])
@@ -145,6 +149,16 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         reporter().message(
             f"skipped {len(skipped)} of {len(rows)} rows of {config.source} without a usable "
             f"{config.prompt_field!r} (first: row {skipped[0]}; data.skip_bad_rows)"
+        )
+    if too_long:
+        reporter().message(
+            f"skipped {too_long} of {len(rows)} prompts of {config.source} longer than data.max_prompt_tokens="
+            f"{config.max_prompt_tokens}"
+        )
+    if not prompts.ids and not skipped:
+        raise DataError(
+            f"every prompt of {config.source} is longer than data.max_prompt_tokens={config.max_prompt_tokens}: "
+            "raise it"
         )
     if not prompts.ids:
         raise DataError(f"dataset {config.source!r} has no row with a usable {config.prompt_field!r}: fix the data")

@@ -48,12 +48,23 @@ def top_p_acceptance(
     probability, whose cumulative probability reaches ``top_p``; when the top-k
     mass never reaches it, every top-k id is accepted.
     """
+    return sampled_nucleus_mass(sampled, teacher_topk, teacher_topk_logprobs) < top_p
+
+
+def sampled_nucleus_mass(
+    sampled: torch.Tensor, teacher_topk: torch.Tensor, teacher_topk_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """The teacher's probability on its top-k ids ranked above the sampled token (inf if it is not in the top-k).
+
+    The sampled token is in the top-p nucleus exactly when this is below ``top_p``.
+    """
     order = teacher_topk_logprobs.argsort(dim=-1, descending=True)
     ids = teacher_topk.gather(-1, order)
     probs = teacher_topk_logprobs.gather(-1, order).float().exp()
     mass_before = probs.cumsum(-1) - probs
-    in_nucleus = mass_before < top_p
-    return ((ids == sampled.unsqueeze(-1)) & in_nucleus).any(-1)
+    found = ids == sampled.unsqueeze(-1)
+    inf = torch.full_like(mass_before, float("inf"))
+    return torch.where(found, mass_before, inf).amin(-1)
 
 
 def bad_events(signal: torch.Tensor, mask: torch.Tensor, metric: str, threshold: float) -> torch.Tensor:

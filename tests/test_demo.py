@@ -6,11 +6,11 @@ from itertools import islice
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from opdctl.demo import resolve_model
 from opdctl.demo.models import Recipe, demo_dir, ensure_models
 from opdctl.demo.task import CHECK_WORD, Problem, held_out, training_problems
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.evaluation.grading import last_boxed
+from opdctl.sources import resolve_model
 
 
 def test_solution_writes_every_partial_sum_and_boxes_the_answer():

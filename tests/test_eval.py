@@ -268,6 +268,10 @@ def test_eval_of_a_tiny_model_on_a_file(tiny_models, tmp_path):
     assert mini["truncated"] == pytest.approx(sum(r["finish_reason"] == "length" for r in rows) / 12)
     assert {"pass@1", "pass@3", "maj@3"} <= set(mini) and summary["overall"]["accuracy"] == mini["accuracy"]
     assert "avg@3" in result.output and "pass@3" in result.output and "maj@3" in result.output
+    unanswered = sum(r["extracted"] is None for r in rows) / 12
+    assert mini["no_answer"] == pytest.approx(unanswered) and "no answer" in result.output
+    warned = "of mini's responses have no \\boxed{} answer" in " ".join(result.output.split())
+    assert warned == (unanswered >= 0.5)
 
 
 @pytest.mark.skipif(not AIME24.is_file(), reason=f"{AIME24} is not there")

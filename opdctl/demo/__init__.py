@@ -6,7 +6,7 @@ DEMO_PREFIX = "demo:"
 DEMO_MODELS = ("teacher", "student")
 
 
-def resolve_model(ref: str) -> str:
+def resolve_demo(ref: str) -> str:
     """Map ``demo:teacher`` / ``demo:student`` to their cached directories (building them once)."""
     if not ref.startswith(DEMO_PREFIX):
         return ref

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from opdctl.data import FILE_FORMATS, load_rows
 from opdctl.errors import DataError, reason
 
 SYNTHETIC = "synthetic"
+WORDPROBLEMS = "wordproblems"
 MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 PROBLEM_FIELDS = ("problem", "question", "Problem", "Question", "prompt", "input")
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer", "gold", "ground_truth", "target", "solution")
@@ -37,7 +38,8 @@ HUB = {
     "math500": HubSource("HuggingFaceH4/MATH-500", "test"),
 }
 GROUPS = {"aime": ("aime24", "aime25"), "paper": ("amc23", "aime24", "aime25", "hmmt24", "hmmt25")}
-NAMES = (*HUB, *GROUPS, SYNTHETIC)
+BUILTIN = (SYNTHETIC, WORDPROBLEMS)  # generated here, no file or hub needed
+NAMES = (*HUB, *GROUPS, *BUILTIN)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Benchmark:
     problems: list[Problem]
     prompt_template: str = "{problem}"
     source: str = ""
+    lenient: bool = False  # grade the last number of a response that has no \boxed{} answer
 
     def prompt(self, problem: Problem) -> str:
         return self.prompt_template.format(problem=problem.problem)
@@ -78,6 +81,16 @@ def synthetic(limit: int | None = None) -> Benchmark:
 
     problems = [Problem(f"synthetic-{i}", p.prompt, p.answer) for i, p in enumerate(held_out())]
     return Benchmark(SYNTHETIC, problems[:limit], source="the demo task's held-out problems")
+
+
+def wordproblems(limit: int | None = None) -> Benchmark:
+    """opdctl's held-out English word problems (never trained on), graded leniently: small models often
+    state the answer without \\boxed{}."""
+    from opdctl.wordproblems import held_out
+
+    problems = [Problem(f"{WORDPROBLEMS}-{i}", p.story, p.answer) for i, p in enumerate(held_out())]
+    source = "opdctl's held-out word problems (the last number counts when there is no \\boxed{})"
+    return Benchmark(WORDPROBLEMS, problems[:limit], MATH_TEMPLATE, source, lenient=True)
 
 
 def is_path(entry: str) -> bool:
@@ -155,7 +168,7 @@ def _pair(names: list[str], data: list[Path]) -> list[tuple[str, Path | None]]:
 
 
 def _builtin(unit: str) -> bool:
-    return unit == SYNTHETIC or is_path(unit)
+    return unit in BUILTIN or is_path(unit)
 
 
 def _wanting(units: list[str]) -> list[str]:
@@ -175,9 +188,9 @@ def _in_directory(directory: Path, name: str) -> Path:
 
 
 def _load(name: str, source: Path | None, fields: Fields, template: str | None, limit: int | None) -> Benchmark:
-    if name == SYNTHETIC and source is None:
-        benchmark = synthetic(limit)
-        return Benchmark(benchmark.name, benchmark.problems, template or "{problem}", benchmark.source)
+    if name in BUILTIN and source is None:
+        benchmark = synthetic(limit) if name == SYNTHETIC else wordproblems(limit)
+        return replace(benchmark, prompt_template=template or benchmark.prompt_template)
     if source is None:
         hub = HUB[name]
         fields = Fields(fields.problem or hub.problem, fields.answer or hub.answer, fields.id)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 MP_CONTEXT = "spawn"  # never fork a process that holds model threads
 
 
@@ -47,12 +49,26 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def grade_response(gold: str, response: str) -> Grade:
-    """Grade ``response`` by its last \\boxed{} answer against ``gold``, with math-verify (no time limit)."""
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` (thousands separators dropped), if any."""
+    found = NUMBER.findall(text)
+    return found[-1].replace(",", "") if found else None
+
+
+def extract_answer(response: str, lenient: bool = False) -> str | None:
+    """The last non-empty \\boxed{} content; with ``lenient``, else the last number in the response."""
+    boxed = last_boxed(response)
+    if boxed is not None and boxed.strip():
+        return boxed
+    return last_number(response) if lenient else None
+
+
+def grade_response(gold: str, response: str, lenient: bool = False) -> Grade:
+    """Grade ``response`` by its extracted answer against ``gold``, with math-verify (no time limit)."""
     from math_verify import parse, verify
 
-    extracted = last_boxed(response)
-    if extracted is None or not extracted.strip():
+    extracted = extract_answer(response, lenient)
+    if extracted is None:
         return Grade(None, False, None)
     gold_box = gold if last_boxed(gold) is not None else f"\\boxed{{{gold}}}"
     target = parse(f"\\boxed{{{extracted}}}", parsing_timeout=None)
@@ -60,9 +76,9 @@ def grade_response(gold: str, response: str) -> Grade:
     return Grade(extracted, correct, str(target[0]) if target else extracted.strip())
 
 
-def failed(response: str, error: str) -> Grade:
+def failed(response: str, error: str, lenient: bool = False) -> Grade:
     """The grade of a response whose grading did not finish: wrong."""
-    extracted = last_boxed(response)
+    extracted = extract_answer(response, lenient)
     return Grade(extracted, False, extracted.strip() if extracted else None, error)
 
 
@@ -109,8 +125,8 @@ class Grader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def grade(self, items: list[tuple[str, str]]) -> list[Grade]:
-        """Grades of (gold, response) pairs, in order."""
+    def grade(self, items: list[tuple[str, str]], lenient: bool = False) -> list[Grade]:
+        """Grades of (gold, response) pairs, in order (``lenient``: see :func:`extract_answer`)."""
         if not self.workers:
             self.workers = [_Worker() for _ in range(max(1, min(self.size, len(items))))]
         results: list[Grade] = [Grade(None, False, None)] * len(items)
@@ -119,28 +135,28 @@ class Grader:
         while pending or busy:
             while idle and pending:
                 slot, index = idle.pop(), pending.popleft()
-                self.workers[slot].conn.send(items[index])
+                self.workers[slot].conn.send((*items[index], lenient))
                 busy[slot] = (index, time.monotonic() + self.timeout)
             soonest = min(deadline for _, deadline in busy.values())
             ready = wait([self.workers[s].conn for s in busy], timeout=max(0.0, soonest - time.monotonic()))
             for slot, (index, deadline) in list(busy.items()):
                 if self.workers[slot].conn in ready:
-                    results[index] = self._receive(slot, items[index][1])
+                    results[index] = self._receive(slot, items[index][1], lenient)
                 elif time.monotonic() >= deadline:
                     self._restart(slot)
-                    results[index] = failed(items[index][1], f"timed out after {self.timeout:g} s")
+                    results[index] = failed(items[index][1], f"timed out after {self.timeout:g} s", lenient)
                 else:
                     continue
                 del busy[slot]
                 idle.append(slot)
         return results
 
-    def _receive(self, slot: int, response: str) -> Grade:
+    def _receive(self, slot: int, response: str, lenient: bool) -> Grade:
         try:
             return self.workers[slot].conn.recv()
         except (EOFError, OSError):  # the worker died (out of memory, say)
             self._restart(slot)
-            return failed(response, "the grading process died")
+            return failed(response, "the grading process died", lenient)
 
     def _restart(self, slot: int) -> None:
         self.workers[slot].stop(kill=True)

@@ -152,7 +152,8 @@ def _answer(
         rollouts = generator.generate([u.prompt for u in units], sampling)
         texts = tokenizer.batch_decode(rollouts.responses(), skip_special_tokens=True)
         lengths, reasons = rollouts.lengths.tolist(), rollouts.finish_reasons
-    grades = grader.grade([(u.problem.answer, text) for u, text in zip(units, texts, strict=True)])
+    items = [(u.problem.answer, text) for u, text in zip(units, texts, strict=True)]
+    grades = grader.grade(items, lenient=benchmark.lenient)
     return [
         {
             "benchmark": benchmark.name,

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from opdctl.backends import backend_class
 from opdctl.config import format_validation_error
-from opdctl.demo import DEMO_PREFIX, resolve_model
+from opdctl.demo import DEMO_PREFIX
 from opdctl.errors import BackendError, ConfigError, RunError, reason
 from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
 from opdctl.evaluation.benchmarks import Benchmark, Fields, load_benchmarks
@@ -24,6 +24,9 @@ from opdctl.evaluation.results import EvalDir
 from opdctl.evaluation.runner import Generator, Settings, context_length, generate_rows
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir, check_output, write_failure
+from opdctl.sources import GGUF_SUFFIX, PACKAGE_PREFIX, resolve_model
+
+UNANSWERED_WARNING = 0.5  # warn when at least this share of a benchmark's responses has no answer
 
 
 @dataclass
@@ -103,6 +106,7 @@ def run_eval(request: EvalRequest) -> EvalResult:
                     for benchmark in benchmarks
                 ]
             total = overall(scores)
+            _warn_unanswered(scores, benchmarks)
             seconds = time.perf_counter() - started
             out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
         except OSError as exc:
@@ -136,6 +140,19 @@ def _run_benchmark(
         generator, tokenizer, benchmark, settings, grader, batch_size=request.batch_size, done=done, write=out.append
     )
     return score(benchmark.name, earlier + rows, request.pass_k)
+
+
+def _warn_unanswered(scores: list[BenchmarkScore], benchmarks: list[Benchmark]) -> None:
+    """Say so when most responses have no answer to grade: 0% then means the format, not the maths."""
+    lenient = {b.name for b in benchmarks if b.lenient}
+    for s in scores:
+        if s.samples and s.no_answer >= UNANSWERED_WARNING:
+            wanted = "neither a \\boxed{} answer nor a number" if s.name in lenient else "no \\boxed{} answer"
+            reporter().message(
+                f"warning: {s.no_answer:.0%} of {s.name}'s responses have {wanted}, so they count as wrong: "
+                "the model may not follow the prompt's answer format (see the responses in responses.jsonl; "
+                "--prompt-template changes the instruction)"
+            )
 
 
 def _check(request: EvalRequest) -> None:
@@ -175,11 +192,15 @@ def resolve(model: str | None, checkpoint: int | None) -> ModelRef:
         raise ConfigError(f"--checkpoint needs --model to be a run directory (with config.yaml), not {model!r}")
     if model.startswith(DEMO_PREFIX):
         return ModelRef(model, model.replace(":", "-"))
+    if model.startswith(PACKAGE_PREFIX):
+        return ModelRef(model, Path(model).stem or model[len(PACKAGE_PREFIX) :])
+    if path.suffix.lower() == GGUF_SUFFIX:
+        return ModelRef(str(path), path.stem)
     looks_local = model.startswith((".", "/", "~")) or path.exists()
     if looks_local and not (path / "config.json").is_file():
         raise BackendError(
             f"--model {model}: no model at {path} (expected a Hugging Face model directory with config.json, "
-            "or a run directory with config.yaml and checkpoints/)"
+            "a .gguf file, or a run directory with config.yaml and checkpoints/)"
         )
     return ModelRef(str(path) if looks_local else model, path.name if looks_local else model.replace("/", "-"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,6 +15,9 @@ from opdctl.errors import ConfigError
 from opdctl.inspect.profile import PositionProfile
 from opdctl.inspect.reader import RunTraces
 from opdctl.inspect.summary import RunSummary
+
+if TYPE_CHECKING:
+    from opdctl.calibrate import Calibration
 
 FORMATS = (".png", ".svg", ".pdf")
 
@@ -155,3 +159,31 @@ def _heatmap_panel(fig, ax, traces: RunTraces, step: int) -> None:
     ax.set(xlabel="token position", ylabel="rollout", title=f"Weight w_t of each rollout, step {step}")
     ax.legend(fontsize=7, loc="lower right")
     fig.colorbar(image, ax=ax, label="w_t")
+
+
+def calibration_figure(result: Calibration, path: Path) -> None:
+    """One histogram per drift signal: its values on the teacher's own text and on the student's rollouts."""
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--plot {path}: use a file name ending in {', '.join(FORMATS)}")
+    signals = result.signals()
+    columns = 4
+    rows = -(-len(signals) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False)
+    bins = np.linspace(0, 1, 21)
+    for ax, signal in zip(axes.flat, signals, strict=False):
+        for text, label, color in ((result.teacher_text, "teacher's text", "tab:blue"),
+                                   (result.student_text, "student's rollouts", "tab:red")):  # fmt: skip
+            values = text.values(signal).numpy()
+            values = np.where(np.isfinite(values), values, 1.0)  # not in the teacher's top-k: drawn at 1
+            ax.hist(values, bins=bins, weights=np.full(len(values), 1 / max(len(values), 1)), alpha=0.55,
+                    color=color, label=label)  # fmt: skip
+        ax.set_title(signal.name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(signals) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Drift signals on text the teacher wrote (nothing drifted) and on the student's rollouts", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

