@@ -52,6 +52,8 @@ def _options(
 
 def _run(debug: bool, action: Callable[[], Any]) -> Any:
     """Run ``action``, turning errors into one red line and a non-zero exit (tracebacks with --debug)."""
+    from rich.markup import escape
+
     from opdctl.console import console
 
     try:
@@ -62,7 +64,7 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
     except OpdctlError as exc:
         if debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
@@ -70,7 +72,7 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
     except Exception as exc:
         if debug:
             raise
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = escape(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
         console.print(
             f"[bold red]error:[/bold red] {type(exc).__name__}: {reason} (rerun with --debug for the traceback)",
             highlight=False,
@@ -207,6 +209,37 @@ def inspect_drift(
 
     _run(debug, lambda: run_inspect(run_dir, steps, rows, level, profile, bin_size, step, rollout, color, tokens,
                                     plot, plot_step, compare, as_json))  # fmt: skip
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by opdctl train (finished or running).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="The HTML file (default RUN_DIR/report.html).")
+    ] = None,
+    compare: Annotated[Path | None, typer.Option(help="Another run to put side by side (e.g. plain OPD).")] = None,
+    rollouts: Annotated[int, typer.Option(min=1, help="At most this many traced rollouts in the page.")] = 40,
+    level: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Count the compute on tokens whose weight fell below this.")
+    ] = 0.5,
+    debug: DebugOption = False,
+) -> None:
+    """Write one self-contained HTML page of a run: config, curves, position profile, coloured rollouts.
+
+    Examples:
+
+        opdctl report runs/demo-20261128-101500
+
+        opdctl report RUN --compare RUN_PLAIN -o drift.html
+    """
+    from opdctl.console import console
+    from opdctl.inspect.report import write_report
+
+    def action() -> None:
+        path = write_report(run_dir, output, compare, rollouts, level)
+        console.print(f"[dim]·[/dim] wrote {path}", highlight=False)
+
+    _run(debug, action)
 
 
 def _split(values: list[str] | None) -> list[str]:

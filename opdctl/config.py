@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from opdctl.errors import ConfigError
 
@@ -70,9 +70,16 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="Sampling temperature (the loss uses T=1).")
     max_new_tokens: int = Field(12288, ge=1, description="Hard limit on response length.")
     truncate_on_drift: bool = Field(
-        False, description="Score while generating and stop a rollout once its weight reaches prune.stop_weight."
+        False,
+        description="Score while generating and stop a rollout once its weight reaches prune.stop_weight "
+        "(Prune-OPD only: prune.enable=false turns it off).",
     )
-    chunk_tokens: int = Field(64, ge=1, description="With truncate_on_drift: tokens generated between two checks.")
+    chunk_tokens: int = Field(
+        64,
+        ge=1,
+        description="With truncate_on_drift: the most tokens generated between two checks (chunks shrink as a "
+        "rollout nears its stop, so none is generated past it).",
+    )
     logprob_tolerance: float = Field(
         0.01,
         gt=0,
@@ -88,6 +95,11 @@ class LossConfig(Section):
     estimator: Literal["topk", "sampled"] = Field(
         "topk", description="topk: over the student's top-k S_t; sampled: k1 on the sampled token."
     )
+    baseline: Literal["mean", "none"] = Field(
+        "mean",
+        description="sampled only: subtract the step's mean advantage from every token's (unbiased, less noise); "
+        "none is the plain k1 policy gradient.",
+    )
     k: int = Field(16, ge=1, description="Size of the student's candidate set S_t.")
     weighting: Literal["student_p", "teacher_p", "none"] = Field(
         "student_p", description="Candidate weights w_t(v): softmax of student or teacher log-probs on S_t, or uniform."
@@ -102,7 +114,9 @@ class LossConfig(Section):
 class PruneConfig(Section):
     """Prune-OPD's drift monitor and reliability weights."""
 
-    enable: bool = Field(True, description="false gives plain OPD (every weight 1).")
+    enable: bool = Field(
+        True, description="false gives plain OPD (every weight 1, no truncation on drift); see also budget.enable."
+    )
     metric: Literal["overlap_ratio", "teacher_top_p", "weighted_overlap"] = Field(
         "overlap_ratio",
         description="overlap_ratio: |S_t ∩ T_t|/k; teacher_top_p: y_t in the teacher's top-p nucleus; "
@@ -165,6 +179,23 @@ class OutputConfig(Section):
     trace_rollouts: int | Literal["all"] = Field(
         16, description="Rollouts traced per traced step (at least 1), or all."
     )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers that get every metrics record: tensorboard, wandb, trackio, mlflow "
+        "(each an extra: pip install 'opdctl[wandb]'; docs/trackers.md).",
+    )
+    project: str = Field("opdctl", min_length=1, description="The trackers' project (MLflow: experiment) name.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from opdctl.trackers import tracker_names
+
+        known = tracker_names()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"output.report_to: unknown tracker {name!r}; use any of {', '.join(known)}")
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _check_trace_rollouts(self) -> OutputConfig:
@@ -243,8 +274,8 @@ class Config(Section):
             )
             _require(budget.max_len <= limit, "budget.max_len", budget.max_len, f"<= rollout.max_new_tokens ({limit})")
         _require(self.prune_k <= self.loss.k, "prune.k", self.prune.k, f"<= loss.k ({self.loss.k})")
-        if self.rollout.truncate_on_drift and not self.prune.enable:
-            raise ValueError("rollout.truncate_on_drift=true needs prune.enable=true (without weights nothing drifts)")
+        if not self.prune.enable:
+            self.rollout.truncate_on_drift = False  # truncation stops on Prune-OPD's weights: plain OPD has none
         batch = self.optim.prompts_per_step * self.rollout.n
         _require(
             self.optim.grad_accum <= batch, "optim.grad_accum", self.optim.grad_accum, f"<= rollouts per step ({batch})"

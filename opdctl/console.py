@@ -100,6 +100,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         stopped, rollouts = summary["rollouts_stopped_on_drift"], summary["rollouts"]
         table.add_row("rollouts stopped on drift", f"{stopped:,} of {rollouts:,} ({stopped / rollouts:.0%})")
         table.add_row("tokens not generated (drift stops)", f"{summary['tokens_not_generated']:,}")
+        table.add_row("tokens generated past a stop and discarded", f"{summary['tokens_discarded']:,}")
     if summary["skipped_steps"]:
         table.add_row("skipped (non-finite) steps", str(summary["skipped_steps"]))
     table.add_row("training time", f"{summary['seconds']:.0f} s")

@@ -7,6 +7,7 @@ tensors, ``[B, T, k]`` top-k tensors, and a boolean ``mask`` that is true on val
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +109,16 @@ def reliability_weights(
     loss_weight = (weight + w_base) * mask_f
     effective = ((weight > WEIGHT_EPS) & mask).sum(-1)
     return Weights(weight=weight, loss_weight=loss_weight, effective_length=effective)
+
+
+def bad_events_to_stop(w_drop: float, stop_weight: float) -> int | None:
+    """The fewest bad events that bring w_t down to ``stop_weight`` (as :func:`reliability_weights` computes
+    it), or None when weights never fall (``w_drop`` 0)."""
+    if w_drop <= 0:
+        return None
+    counts = torch.arange(math.ceil(1 / w_drop) + 2, dtype=torch.float32)
+    weights = (1.0 - w_drop * counts).clamp(0.0, 1.0)
+    return int((weights <= stop_weight).int().argmax())
 
 
 def uniform_weights(mask: torch.Tensor) -> Weights:

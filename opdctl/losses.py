@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 ESTIMATORS = ("topk", "sampled")
+BASELINES = ("mean", "none")
 WEIGHTINGS = ("student_p", "teacher_p", "none")
 
 
@@ -66,14 +67,26 @@ def sampled_reverse_kl(
     teacher_logprobs: torch.Tensor,
     loss_weight: torch.Tensor,
     num_tokens: int,
+    baseline: float = 0.0,
 ) -> torch.Tensor:
-    """Sampled-token (k1) estimator: L = -sum_t m_t A_t log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
+    """Sampled-token (k1) estimator: L = -sum_t m_t (A_t - b) log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
 
-    Both log-prob tensors are ``[B, T]`` log-probs of the sampled tokens.
+    Both log-prob tensors are ``[B, T]`` log-probs of the sampled tokens. ``baseline`` b
+    is a constant (the step's mean advantage: :func:`advantage_sum`): since
+    E_y[grad log p(y)] = 0 it leaves the expected gradient unchanged and removes the
+    noise of A_t's mean, -KL, which is never positive.
     """
-    advantage = (teacher_logprobs - student_logprobs).detach()
+    advantage = (teacher_logprobs - student_logprobs).detach() - baseline
     per_token = -advantage * student_logprobs
     return (per_token * loss_weight).sum() / num_tokens
+
+
+def advantage_sum(
+    rollout_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor
+) -> tuple[float, int]:
+    """Sum of the k1 advantages log q(y) - log p(y) over valid tokens, and their number (summed over processes,
+    they give the sampled estimator's baseline)."""
+    return float(((teacher_logprobs - rollout_logprobs) * mask).sum()), int(mask.sum())
 
 
 def reverse_kl_estimate(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> float:

@@ -1,11 +1,14 @@
 """Truncation on drift: score rollouts while they are generated and stop those whose weight can no longer matter.
 
-Every ``rollout.chunk_tokens`` decode steps the monitor sends the new tokens of the
-running rollouts to the teacher's stream, updates each rollout's bad-event count with
-the same functions the loss uses, and stops a rollout at the first position where its
-weight w_t falls to ``prune.stop_weight``: it keeps the tokens up to and including that
-position. The scores gathered chunk by chunk are the step's teacher scores, so kept
-tokens get exactly the weights full generation, full scoring and a cut would give.
+After each chunk of decode steps the monitor sends the new tokens of the running
+rollouts to the teacher's stream, updates each rollout's bad-event count with the same
+functions the loss uses, and stops a rollout at the first position where its weight w_t
+falls to ``prune.stop_weight``: it keeps the tokens up to and including that position.
+A chunk is ``rollout.chunk_tokens`` long at most, and never longer than the fewest bad
+events any running rollout still needs to reach the stop: no rollout can reach its stop
+before the chunk ends, so none generates a token past it. The scores gathered chunk
+by chunk are the step's teacher scores, so kept tokens get exactly the weights full
+generation, full scoring and a cut would give.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ class DriftMonitor:
         self.config, self.stream = config, stream
         self.inexact = False
         self.seconds = 0.0  # spent in observe() outside the teacher: the monitor's own overhead
-        self.chunk_tokens = config.rollout.chunk_tokens
+        self.longest_chunk = config.rollout.chunk_tokens
+        self.to_stop = drift.bad_events_to_stop(config.prune.w_drop, config.prune.stop_weight)
+        self.chunk_tokens = self._next_chunk(torch.zeros(1, dtype=torch.long))
+        self.checks = 0  # chunks observed
         k = config.prune_k
         self.topk_ids = torch.zeros((batch, max_len, k), dtype=torch.long)
         self.topk_logprobs = torch.zeros((batch, max_len, k))
@@ -62,8 +68,17 @@ class DriftMonitor:
         self.scored[rows] = chunk.lengths
         spent = (weights.weight <= cfg.prune.stop_weight) & valid
         stops = {row: chunk.start + int(spent[i].int().argmax()) for i, row in enumerate(chunk.rows) if spent[i].any()}
+        running = (new == width) & ~spent.any(-1)
+        self.chunk_tokens = self._next_chunk(self.bad_so_far[rows[running]])
+        self.checks += 1
         self.seconds += time.perf_counter() - started
         return stops
+
+    def _next_chunk(self, bad_so_far: torch.Tensor) -> int:
+        """Decode steps until the next check: as many as the rollout closest to its stop needs at least."""
+        if self.to_stop is None or not bad_so_far.numel():
+            return self.longest_chunk
+        return max(1, min(self.longest_chunk, self.to_stop - int(bad_so_far.max())))
 
     def _store(self, rows: torch.Tensor, start: int, width: int, scores: TeacherScores) -> None:
         span = slice(start, start + width)

@@ -108,6 +108,7 @@ class StepOutcome:
             "tokens_scored": int(self.generated.sum()),
             "tokens_trained": int(((self.loss_weight > 0) & mask).sum()),
             "tokens_not_generated": int((max_len - self.generated)[stopped].sum()) if stopped.any() else 0,
+            "tokens_discarded": int((self.generated - self.lengths).sum()),
             **{f"finish_{reason}": self.finish_reasons.count(reason) for reason in FINISH_REASONS},
         }
 

@@ -301,6 +301,7 @@ class RunDir:
         self.summary_path = self.path / "summary.json"
         self.lock = DirLock(self.path)
         self._created = False
+        self.on_metrics: list[Callable[[dict[str, Any]], None]] = []  # told of every record appended
 
     @staticmethod
     def refuse_existing(path: Path) -> None:
@@ -363,8 +364,10 @@ class RunDir:
     # metrics ---------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line and make it durable before returning."""
+        """Append one JSON line, make it durable, then pass the record on (to experiment trackers)."""
         append_line(self.metrics_path, json.dumps(record))
+        for listener in self.on_metrics:
+            listener(record)
 
     def scan_metrics(self) -> MetricsScan:
         return scan_jsonl(self.metrics_path)

@@ -42,6 +42,7 @@ from opdctl.resume import finished_note, resume_checkpoint, unloadable
 from opdctl.rundir import RunDir, write_failure
 from opdctl.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.traces import trace_tables
+from opdctl.trackers import Trackers, require_trackers
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -85,11 +86,13 @@ def opd_loss(
     loss_weight: torch.Tensor,
     num_tokens: int,
     teacher_exact: torch.Tensor | None = None,
+    baseline: float = 0.0,
 ) -> torch.Tensor:
-    """The configured estimator on ``[B, T, k+1]`` log-probs (the student's top-k, then the sampled id)."""
+    """The configured estimator on ``[B, T, k+1]`` log-probs (the student's top-k, then the sampled id);
+    ``baseline`` is the sampled estimator's (see :meth:`Trainer.baseline`)."""
     k = config.loss.k
     if config.loss.estimator == "sampled":
-        return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens)
+        return losses.sampled_reverse_kl(student_lp[..., k], teacher_lp[..., k], loss_weight, num_tokens, baseline)
     candidates = None
     if teacher_exact is not None and config.loss.absent_candidates == "drop":
         candidates = teacher_exact[..., :k]
@@ -178,6 +181,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_streak = 0
         self.elapsed = 0.0
+        self.trackers = Trackers(run, {}, {})  # process 0's experiment trackers, once start_run opens them
 
     # setup -----------------------------------------------------------------
 
@@ -225,7 +229,7 @@ class Trainer:
         A full disk or an unwritable file stops with the path and the resume command.
         """
         try:
-            with stop_on_signals() as stop:
+            with self.trackers, stop_on_signals() as stop:
                 return self._fit(stop)
         except KeyboardInterrupt:
             raise self._stopped_at_once() from None
@@ -410,7 +414,8 @@ class Trainer:
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
     ) -> dict[str, Any]:
-        """Forward/backward over micro-batches, then one clipped optimizer step (skipped if non-finite).
+        """Forward/backward over micro-batches of similar length, then one clipped optimizer step (skipped if
+        non-finite).
 
         The loss is a token mean over the whole step (all processes); DistributedDataParallel
         averages gradients over processes, so each process scales its part by their number.
@@ -421,12 +426,12 @@ class Trainer:
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         loss_weight = loss_weight.to(device)
         total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
-        size = math.ceil(len(rollouts) / cfg.optim.grad_accum)
-        for start in range(0, len(rollouts), size):
-            rows = slice(start, start + size)
+        baseline = self.baseline(rollouts, scores)
+        groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
+        for number, rows in enumerate(groups):
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
-            with self.student.gradient_sync(start + size >= len(rollouts)):
+            with self.student.gradient_sync(number == len(groups) - 1):
                 student_lp = self.student.logprobs(part, query_ids[rows, :width])
                 loss = opd_loss(
                     cfg,
@@ -435,6 +440,7 @@ class Trainer:
                     loss_weight[rows, :width],
                     num_tokens,
                     exact[rows, :width] if exact is not None else None,
+                    baseline,
                 )
                 (loss * world.size).backward()
             total_loss += loss.item()
@@ -463,6 +469,14 @@ class Trainer:
             "skipped": not finite,
             "student_lp": sampled_lp,
         }
+
+    def baseline(self, rollouts: Rollouts, scores: TeacherScores) -> float:
+        """The sampled estimator's baseline: the mean k1 advantage over the whole step (all processes), from
+        the log-probs the rollouts were sampled with, so every micro-batch uses the same."""
+        if self.config.loss.estimator != "sampled" or self.config.loss.baseline == "none":
+            return 0.0
+        total, count = losses.advantage_sum(rollouts.sampled_logprobs, scores.query_logprobs[..., -1], rollouts.mask)
+        return self.world.sum(total) / max(1, self.world.sum(count))
 
     def _traced(self, step: int) -> bool:
         every = self.config.output.trace_every
@@ -524,6 +538,7 @@ class Trainer:
             "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in steps),
             "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in steps),
             "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in steps),
+            "tokens_discarded": sum(r.get("tokens_discarded", 0) for r in steps),
             "eval": {
                 e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")}
                 for e in evals
@@ -555,6 +570,7 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
     has loaded, so a failed resume leaves the run as it was.
     """
     world = setup_world()
+    require_trackers(config.output.report_to)
     run = _claim_run_dir(config, resume, world)
     try:
         return _build_trainer(config, run, resume is not None, world)
@@ -616,6 +632,7 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
         except Exception as exc:
             raise unloadable(latest[1], exc) from exc
     if world.main:
+        sent = run.read_metrics()  # what the run's trackers were sent before a crash
         run.write_config(config.to_yaml())
         for note in run.rewind(trainer.step) if resuming else []:
             reporter().message(f"warning: {note}")
@@ -624,6 +641,8 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
         done = finished_note(run, trainer.step, config.optim.steps)
         if resuming and done:
             reporter().message(done)
+        cfg = config.output
+        trainer.trackers = Trackers.open(cfg.report_to, run, cfg.project, config.model_dump(mode="json"), sent)
     world.barrier()
     return trainer
 
@@ -639,6 +658,14 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     for override in overrides:
         apply_override(raw, override)
     return validate(raw)
+
+
+def length_groups(lengths: torch.Tensor, count: int) -> list[list[int]]:
+    """Row indices in ``count`` micro-batches of similar length (shortest first), so each pads only to its own
+    longest row; the loss is a token sum over the step, so the gradient is the same as one batch's."""
+    order = sorted(range(len(lengths)), key=lambda row: (int(lengths[row]), row))
+    size = math.ceil(len(order) / count)
+    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def _query_ids(rollouts: Rollouts) -> torch.Tensor:

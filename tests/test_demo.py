@@ -4,6 +4,7 @@ import json
 import random
 from itertools import islice
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from opdctl.demo.models import Recipe, demo_dir, ensure_models
@@ -72,6 +73,20 @@ def test_models_are_built_once_and_cached(tmp_path, monkeypatch):
     assert ensure_models(recipe) == path
     assert (path / "info.json").stat().st_mtime == mtime
     assert demo_dir(Recipe(hidden=8)) != demo_dir(recipe)
+
+
+def test_default_models_are_installed_from_the_shipped_build_without_training(tmp_path, monkeypatch):
+    from opdctl.demo import models
+
+    monkeypatch.setenv("OPDCTL_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_build", lambda recipe, target: pytest.fail("built instead of installed"))
+    path = ensure_models()
+    assert path == demo_dir() and (models.BUNDLED / path.name).is_dir()  # the shipped build is the default recipe's
+    tokenizer = AutoTokenizer.from_pretrained(path / "student")
+    assert tokenizer.get_vocab() == build_tokenizer().get_vocab()
+    teacher = AutoModelForCausalLM.from_pretrained(path / "teacher")
+    problems = held_out(16)
+    assert models.greedy_accuracy(teacher, tokenizer, problems) >= 0.8  # a trained teacher, not random weights
 
 
 def test_model_references_pass_through_unless_demo():

@@ -150,3 +150,15 @@ def test_drift_signal_dispatches_each_metric():
     assert drift.drift_signal("teacher_top_p", **common).item() == 1.0
     with pytest.raises(ValueError, match="unknown drift metric"):
         drift.drift_signal("nope", **common)
+
+
+@pytest.mark.parametrize(("w_drop", "stop"), [(0.05, 0.0), (0.1, 0.0), (0.3, 0.25), (0.5, 0.0), (1e-3, 0.5)])
+def test_bad_events_to_stop_is_the_first_count_whose_weight_reaches_the_stop(w_drop, stop):
+    needed = drift.bad_events_to_stop(w_drop, stop)
+    bad = torch.ones(1, needed + 1, dtype=torch.bool)
+    weight = drift.reliability_weights(bad, torch.ones_like(bad), w_drop, 0.5).weight[0]
+    assert weight[needed - 1] <= stop < weight[needed - 2] if needed > 1 else weight[0] <= stop
+
+
+def test_weights_that_never_fall_never_stop():
+    assert drift.bad_events_to_stop(0.0, 0.0) is None

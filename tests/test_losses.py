@@ -85,6 +85,29 @@ def test_sampled_estimator_value_and_gradient():
     assert torch.allclose(grad, expected_grad)
 
 
+@pytest.mark.parametrize("baseline", [0.0, -1.3, 2.0])
+def test_sampled_estimator_in_expectation_is_the_reverse_kl_gradient_whatever_the_baseline(baseline):
+    """Averaged over the sampled token y ~ p, the k1 gradient (with any constant baseline) is grad KL(p||q)."""
+    torch.manual_seed(2)
+    logits = torch.randn(5, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(5), -1)
+    lp = torch.log_softmax(logits, -1)
+    expected = torch.zeros(5)
+    for y in range(5):
+        loss = losses.sampled_reverse_kl(lp[y].view(1, 1), teacher[y].view(1, 1), torch.ones(1, 1), 1, baseline)
+        (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+        expected += lp[y].exp().detach() * grad
+    (kl_grad,) = torch.autograd.grad((lp.exp() * (lp - teacher)).sum(), logits)
+    assert torch.allclose(expected, kl_grad, atol=1e-6)
+
+
+def test_advantage_sum_is_the_masked_mean_of_teacher_minus_student():
+    rollout = torch.tensor([[-0.5, -1.0, -9.0]])
+    teacher = torch.tensor([[-1.5, -1.0, 0.0]])
+    total, count = losses.advantage_sum(rollout, teacher, torch.tensor([[True, True, False]]))
+    assert (total, count) == (pytest.approx(-1.0), 2)
+
+
 def test_loss_weight_zero_removes_a_token():
     student = torch.log_softmax(torch.randn(1, 2, 3), -1)
     teacher = torch.log_softmax(torch.randn(1, 2, 3), -1)

@@ -118,6 +118,40 @@ def test_plain_opd_is_the_same_loop_with_unit_weights(tiny_models, tmp_path):
     assert (tokens["loss_weight"] == 1.0).all()
 
 
+def _documented_plain_opd() -> list[str]:
+    """The plain-OPD overrides as README's command list and docs/config.md's table write them."""
+    root = Path(__file__).parent.parent
+    command = next(line for line in (root / "README.md").read_text().splitlines() if "# plain OPD" in line)
+    overrides = command.split("#")[0].split()[2:]  # after "opdctl train"
+    row = next(line for line in (root / "README.md").read_text().splitlines() if "| plain OPD baseline" in line)
+    assert row.split("`")[1].split() == overrides
+    return overrides
+
+
+@pytest.mark.slow
+def test_documented_plain_opd_baseline_runs_on_the_demo_config(tiny_models, tmp_path):
+    """README's baseline command, on the embedded demo config (truncation on), with tiny models and one step."""
+    overrides = _documented_plain_opd()
+    assert overrides == ["prune.enable=false", "budget.enable=false"]
+    run_dir = tmp_path / "plain"
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            *overrides,
+            f"student.model={tiny_models['student']}",
+            f"teacher.model={tiny_models['teacher']}",
+            *["rollout.max_new_tokens=32", "optim.steps=1", "optim.prompts_per_step=2", "eval.bench=[]"],
+            f"output.dir={run_dir}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["rollout"]["truncate_on_drift"] is False and resolved["prune"]["enable"] is False
+    steps = [r for r in read_metrics(run_dir) if "eval" not in r]
+    assert steps[0]["weight"] == 1.0 and steps[0]["finish_drift"] == 0
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup", "expected"),
     [("linear", 0, [0.75, 0.5, 0.25, 0.0]), ("cosine", 2, [0.5, 1.0, 0.5, 0.0]), ("constant", 2, [0.5, 1, 1, 1])],
@@ -203,3 +237,40 @@ def test_console_script_runs(tiny_models, tmp_path):
     result = subprocess.run([str(script), "train", "-c", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "tokens generated" in result.stdout
+
+
+@pytest.mark.parametrize("estimator", ["topk", "sampled"])
+def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, tmp_path, estimator):
+    """The update over length-grouped micro-batches equals one whole-batch update (loss, parameters)."""
+    from opdctl.backends import Sampling
+    from opdctl.config import validate
+    from opdctl.data import PromptSet
+    from opdctl.demo.models import prompt_ids
+    from opdctl.demo.task import held_out
+    from opdctl.demo.tokenizer import build_tokenizer
+    from opdctl.trainer import Trainer, _query_ids, length_groups, measure_drift
+    from opdctl_hf import HFStudent, HFTeacher
+
+    prompts = [prompt_ids(build_tokenizer(), p) for p in held_out(9)]
+    results = []
+    for accum in (1, 4):
+        raw = tiny_config(tiny_models, tmp_path / f"run{accum}", loss={"k": 4, "estimator": estimator})
+        config = validate({**raw, "optim": {**raw["optim"], "grad_accum": accum, "prompts_per_step": 9}})
+        student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
+        teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"])))
+        run = RunDir.create(tmp_path / f"run{accum}", config.to_yaml())
+        trainer = Trainer(config, run, student, teacher, PromptSet(prompts, [""] * 9, [None] * 9))
+        rollouts = student.generate(prompts, Sampling(24, 1.0, record_topk=4, seed=5))
+        scores = teacher.score(rollouts, _query_ids(rollouts), 2)
+        weights = measure_drift(config, rollouts, scores).weights.loss_weight
+        update = trainer.update(rollouts, _query_ids(rollouts), scores, weights)
+        results.append((update, [p.detach().clone() for p in student.model.parameters()], rollouts))
+    (one, params_one, rollouts), (grouped, params_grouped, _) = results
+    assert len(set(rollouts.lengths.tolist())) > 3  # lengths differ: the groups pad differently
+    groups = length_groups(rollouts.lengths, 4)
+    assert sorted(row for group in groups for row in group) == list(range(9)) and len(groups) == 3
+    assert grouped["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-7)
+    assert grouped["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)  # Adam's first step hides scale
+    assert torch.allclose(grouped["student_lp"], one["student_lp"], atol=1e-5)
+    for a, b in zip(params_one, params_grouped, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

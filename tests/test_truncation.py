@@ -13,7 +13,6 @@ from opdctl.config import validate
 from opdctl.demo.models import prompt_ids
 from opdctl.demo.task import held_out
 from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.errors import ConfigError
 from opdctl.monitor import DriftMonitor
 from opdctl.trainer import measure_drift, opd_loss
 from opdctl_hf import HFStudent, HFTeacher
@@ -51,6 +50,7 @@ def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tin
     streamed = monitor.scores(truncated.response_ids.shape[1])
     reasons = truncated.finish_reasons
     assert "drift" in reasons and len(set(reasons)) > 1, reasons
+    assert torch.equal(monitor.scored, truncated.lengths)  # nothing generated past a stop
 
     full = student.generate(PROMPTS, sampling)
     full_scores = teacher.score(full, _query(full), 2)  # the whole rollouts, then cut
@@ -106,16 +106,18 @@ def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path
         assert record["tokens_generated"] == record["tokens_scored"] == mine.generated.sum()
         assert record["tokens_not_generated"] == (40 - stopped.generated).sum()
         assert record["finish_drift"] == len(stopped)
-        assert (mine.generated >= mine.length).all()
+        assert (mine.generated == mine.length).all() and record["tokens_discarded"] == 0
         assert record["tokens_trained"] == len(tokens[tokens.step == record["step"]])
     assert (stopped.effective_length == stopped.length - 1).all()  # the last kept token has weight 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rollouts_stopped_on_drift"] == (rollouts.finish_reason == "drift").sum()
     assert summary["rollouts"] == len(rollouts)
     assert summary["tokens_not_generated"] == sum(r["tokens_not_generated"] for r in steps)
+    assert summary["tokens_discarded"] == 0
     assert "rollouts stopped on drift" in result.output
 
 
-def test_truncation_needs_prune_weights():
-    with pytest.raises(ConfigError, match=r"truncate_on_drift=true needs prune\.enable=true"):
-        validate({"rollout": {"truncate_on_drift": True}, "prune": {"enable": False}})
+def test_plain_opd_turns_truncation_off():
+    """Truncation stops on Prune-OPD's weights; prune.enable=false (plain OPD) has none, so it is off."""
+    assert not validate({"rollout": {"truncate_on_drift": True}, "prune": {"enable": False}}).rollout.truncate_on_drift
+    assert validate({"rollout": {"truncate_on_drift": True}}).rollout.truncate_on_drift

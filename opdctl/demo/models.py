@@ -32,6 +32,7 @@ from opdctl.evaluation.grading import last_boxed
 from opdctl.progress import reporter
 
 RECIPE_VERSION = "v2"
+BUNDLED = Path(__file__).parent / "bundled"  # shipped builds of the default recipe, by cache directory name
 MICRO_BATCH = 8
 
 
@@ -73,7 +74,12 @@ def demo_dir(recipe: Recipe = Recipe()) -> Path:
 
 
 def ensure_models(recipe: Recipe = Recipe()) -> Path:
-    """Build the demo models unless a complete cache exists; returns the cache directory."""
+    """Build the demo models unless a complete cache exists; returns the cache directory.
+
+    The default recipe's models ship with opdctl (1.6 MB, built by :func:`_build`): they
+    are copied into the cache instead of built, which saves a first run about 110 s on
+    2 cores. Any other recipe is built.
+    """
     target = demo_dir(recipe)
     if (target / "info.json").is_file():
         return target
@@ -81,8 +87,21 @@ def ensure_models(recipe: Recipe = Recipe()) -> Path:
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same cache
         if not (target / "info.json").is_file():
-            _build(recipe, target)
+            bundled = BUNDLED / target.name
+            if (bundled / "info.json").is_file():
+                _install(bundled, target)
+            else:
+                _build(recipe, target)
     return target
+
+
+def _install(source: Path, target: Path) -> None:
+    """Copy shipped models into the cache (whole, then renamed into place)."""
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 def _build(recipe: Recipe, target: Path) -> None:

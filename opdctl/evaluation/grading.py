@@ -18,6 +18,8 @@ from multiprocessing.connection import Connection, wait
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 MP_CONTEXT = "spawn"  # never fork a process that holds model threads
+READY = "ready"
+STARTUP_SECONDS = 300  # a worker's imports, on a loaded machine; its grades' time limit starts after
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ def failed(response: str, error: str, lenient: bool = False) -> Grade:
 def _serve(conn: Connection) -> None:
     """Worker loop: grade (gold, response) pairs until told to stop."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice: we time out here
+    import math_verify  # noqa: F401  (imported before saying ready: start-up never counts against a grade's time)
+
+    conn.send(READY)
     while (item := conn.recv()) is not None:
         conn.send(grade_response(*item))
 
@@ -96,6 +101,9 @@ class _Worker:
         self.process = context.Process(target=_serve, args=(child,), daemon=True, name="opdctl-grader")
         self.process.start()
         child.close()
+        if not self.conn.poll(STARTUP_SECONDS) or self.conn.recv() != READY:
+            self.stop(kill=True)
+            raise RuntimeError(f"a grading process did not start within {STARTUP_SECONDS} s")
 
     def stop(self, kill: bool = False) -> None:
         if kill:

@@ -161,6 +161,67 @@ def _heatmap_panel(fig, ax, traces: RunTraces, step: int) -> None:
     fig.colorbar(image, ax=ax, label="w_t")
 
 
+def figure_uri(draw_panel, size: tuple[float, float] = (7.5, 4.2)) -> str:
+    """One panel drawn by ``draw_panel(fig, ax)`` as an SVG ``data:`` URI (for a self-contained page)."""
+    import base64
+    import io
+
+    fig, ax = plt.subplots(figsize=size, constrained_layout=True)
+    draw_panel(fig, ax)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def steps_figure(summary: RunSummary, other: RunSummary | None) -> str:
+    return figure_uri(lambda fig, ax: _steps_panel(ax, summary, other))
+
+
+def lengths_figure(summary: RunSummary, other: RunSummary | None) -> str:
+    return figure_uri(lambda fig, ax: _length_panel(ax, summary, other))
+
+
+def profile_figure(profile: PositionProfile) -> str:
+    return figure_uri(lambda fig, ax: _profile_panel(ax, profile))
+
+
+def weight_map_figure(traces: RunTraces, step: int) -> str:
+    return figure_uri(lambda fig, ax: _heatmap_panel(fig, ax, traces, step))
+
+
+def loss_figure(runs: list[tuple[str, list[dict]]]) -> str:
+    """Loss and the reverse-KL estimate per step, from metrics.jsonl (a second run dashed)."""
+
+    def draw(fig, ax) -> None:
+        for (name, records), style in zip(runs, ("-", "--"), strict=False):
+            steps = [r["step"] for r in records]
+            ax.plot(steps, _smooth([r["loss"] for r in records]), style, color="tab:blue", label=f"loss ({name})")
+            ax.plot(steps, _smooth([r["reverse_kl"] for r in records]), style, color="tab:red",
+                    label=f"reverse KL estimate ({name})")  # fmt: skip
+        ax.set(xlabel="step", ylabel="nats per token", title="Loss and reverse KL")
+        ax.legend(fontsize=7)
+
+    return figure_uri(draw)
+
+
+TIME_SPLIT = (("generate_seconds", "tab:blue", "generate"), ("score_seconds", "tab:orange", "score"),
+              ("update_seconds", "tab:green", "update"))  # fmt: skip
+
+
+def time_figure(name: str, records: list[dict]) -> str:
+    """Seconds per step spent generating, scoring and updating, stacked."""
+
+    def draw(fig, ax) -> None:
+        steps = [r["step"] for r in records]
+        parts = [[r.get(key, 0.0) for r in records] for key, _, _ in TIME_SPLIT]
+        ax.stackplot(steps, *parts, colors=[c for _, c, _ in TIME_SPLIT], labels=[n for _, _, n in TIME_SPLIT])
+        ax.set(xlabel="step", ylabel="seconds", title=f"Time per step ({name})")
+        ax.legend(fontsize=7, loc="upper left")
+
+    return figure_uri(draw)
+
+
 def calibration_figure(result: Calibration, path: Path) -> None:
     """One histogram per drift signal: its values on the teacher's own text and on the student's rollouts."""
     if path.suffix.lower() not in FORMATS:

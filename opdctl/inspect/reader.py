@@ -37,6 +37,7 @@ class RunTraces:
         note = scan.note(self.run.metrics_path)
         if note:
             self.warnings.append(note)
+        self._tokenizer = None
         if not self.files:
             where = f" in steps {steps[0]}-{steps[1]}" if steps else ""
             raise RunError(f"{self.path} has no traces{where} (runs record them when output.trace_every > 0)")
@@ -87,10 +88,15 @@ class RunTraces:
         return rows[0], tokens
 
     def tokenizer(self):
-        """The student's tokenizer, from the newest checkpoint or the configured model.
+        """The student's tokenizer, from the newest checkpoint or the configured model (loaded once).
 
         A live run may rotate a checkpoint away while it is read: the next one down is tried.
         """
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer()
+        return self._tokenizer
+
+    def _load_tokenizer(self):
         from transformers import AutoTokenizer
 
         from opdctl.sources import resolve_model

@@ -40,11 +40,18 @@ def summary_view(summary: RunSummary) -> Group:
 
 
 def totals_view(summary: RunSummary) -> Table:
-    t = summary.totals
-    level = f"{summary.level:g}"
     table = Table(title="Run totals", show_header=False)
     table.add_column("", style="bold")
     table.add_column("", justify="right")
+    for name, value in totals_rows(summary):
+        table.add_row(name, value)
+    return table
+
+
+def totals_rows(summary: RunSummary) -> list[tuple[str, str]]:
+    """The run's totals as (label, formatted value) rows (the terminal and the HTML report show the same)."""
+    t = summary.totals
+    level = f"{summary.level:g}"
     rows = [
         ("steps (traced)", f"{t['steps']} ({t['traced_steps']})"),
         ("rollouts traced", f"{t['traced_rollouts']:,}"),
@@ -68,9 +75,7 @@ def totals_view(summary: RunSummary) -> Table:
     ]
     for bench, values in t["accuracy"].items():
         rows.append((f"accuracy on {bench}", ", ".join(f"{k} {v:.1%}" for k, v in values.items())))
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
+    return rows
 
 
 def profile_view(profile: PositionProfile) -> Table:
@@ -100,7 +105,7 @@ def rollout_view_text(view: RolloutView, color_by: str) -> Group:
     body.append(view.prompt, style="dim")
     for token in view.tokens:
         value = getattr(token, color_by)
-        style = f"{_colour(value)}" + (" bold reverse" if token.position == view.first_bad else "")
+        style = f"{colour(value)}" + (" bold reverse" if token.position == view.first_bad else "")
         if token.position == view.first_bad:
             body.append("⟨drift⟩", style="bold magenta")
         body.append(token.text, style=style)
@@ -141,7 +146,15 @@ def compare_view(a: RunSummary, b: RunSummary) -> Table:
     table.add_column(Path(a.run).name, justify="right")
     table.add_column(Path(b.run).name, justify="right")
     table.add_column("B / A", justify="right")
+    for row in compare_rows(a, b):
+        table.add_row(*row)
+    return table
+
+
+def compare_rows(a: RunSummary, b: RunSummary) -> list[tuple[str, str, str, str]]:
+    """Two runs' totals side by side: (label, run A, run B, B / A)."""
     ta, tb = a.totals, b.totals
+    rows = []
     for label, key, fmt in (
         ("steps", "steps", "{:,}"),
         ("tokens generated", "tokens_generated", "{:,}"),
@@ -155,13 +168,13 @@ def compare_view(a: RunSummary, b: RunSummary) -> Table:
         ("training time (s)", "seconds", "{:.0f}"),
     ):
         va, vb = ta.get(key), tb.get(key)
-        table.add_row(label, _fmt(fmt, va), _fmt(fmt, vb), f"{vb / va:.2f}" if va and vb is not None else "-")
+        rows.append((label, _fmt(fmt, va), _fmt(fmt, vb), f"{vb / va:.2f}" if va and vb is not None else "-"))
     for bench in sorted(set(ta["accuracy"]) | set(tb["accuracy"])):
         for when in ("before", "after", "teacher"):
             va, vb = ta["accuracy"].get(bench, {}).get(when), tb["accuracy"].get(bench, {}).get(when)
             if va is not None or vb is not None:
-                table.add_row(f"accuracy {bench} ({when})", _pct(va), _pct(vb), "")
-    return table
+                rows.append((f"accuracy {bench} ({when})", _pct(va), _pct(vb), ""))
+    return rows
 
 
 def _fmt(fmt: str, value) -> str:
@@ -176,7 +189,7 @@ def _count(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def _colour(value: float) -> str:
+def colour(value: float) -> str:
     """Red at 0, yellow at 0.5, green at 1."""
     value = min(1.0, max(0.0, value))
     red = 255 if value < 0.5 else int(255 * (1 - value) * 2)
