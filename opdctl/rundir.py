@@ -341,6 +341,13 @@ class RunDir:
         return run
 
     @classmethod
+    def create(cls, path: Path, config_yaml: str) -> RunDir:
+        """A new run directory holding ``config_yaml``, locked by this process until ``lock.release()``."""
+        run = cls.claim(path)
+        run.write_config(config_yaml)
+        return run
+
+    @classmethod
     def open(cls, path: Path) -> RunDir:
         """An existing run directory; a directory that is not one gets a clear error."""
         run = cls(path)

@@ -372,11 +372,11 @@ def test_a_second_signal_stops_at_once_and_the_run_stays_resumable(tiny_models, 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["first step", "writing a checkpoint", "between checkpoints"])
 def test_sigkill_at_any_point_leaves_a_resumable_run(tiny_models, tmp_path, when):
-    path, run_dir = new_config(tiny_models, tmp_path, optim={"steps": 12}, output={"save_every": 2}, eval=EVAL)
+    path, run_dir = new_config(tiny_models, tmp_path, optim={"steps": 20}, output={"save_every": 2}, eval=EVAL)
     process = spawn("train", "-c", path)
     conditions = {
         "first step": lambda: any(e[1] == "before" for e in _safe_evals(run_dir)),
-        "writing a checkpoint": lambda: (run_dir / "checkpoints" / ".step_000004.partial").exists(),
+        "writing a checkpoint": lambda: any((run_dir / "checkpoints").glob(".step_*.partial")),
         "between checkpoints": lambda: len(_safe_steps(run_dir)) >= 5,
     }
     wait_for(conditions[when], process)
@@ -384,8 +384,8 @@ def test_sigkill_at_any_point_leaves_a_resumable_run(tiny_models, tmp_path, when
     process.wait()
     result = run_cli("train", "--resume", run_dir)
     assert result.exit_code == 0, result.output
-    assert steps_of(run_dir) == list(range(1, 13))
-    assert evals_of(run_dir) == [(0, "before"), (12, "after")]
+    assert steps_of(run_dir) == list(range(1, 21))
+    assert evals_of(run_dir) == [(0, "before"), (20, "after")]
 
 
 def _safe_steps(run_dir: Path) -> list[int]:
