@@ -121,13 +121,13 @@ def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) 
         with reporter().task("Calibrating", 4) as advance:
             by_teacher = generate(prompts, Sampling(max_new_tokens, 1.0, seed=config.seed))
             advance()
-            teacher_text = _score(by_teacher, student, teacher, width)
+            teacher_text = both_views(by_teacher, student, teacher, width)
             advance()
             by_student = student.generate(
                 prompts, Sampling(max_new_tokens, config.rollout.temperature, seed=config.seed + 1)
             )
             advance()
-            student_text = _score(by_student, student, teacher, width)
+            student_text = both_views(by_student, student, teacher, width)
             advance()
     finally:
         teacher.close()
@@ -154,8 +154,9 @@ def _student_scorer(config: Config) -> Teacher:
     return hf(hf.Config(**options, trust_remote_code=config.student.trust_remote_code))
 
 
-def _score(rollouts: Rollouts, student: Teacher, teacher: Teacher, width: int) -> Texts:
-    """Both models' top-``width`` at every position of ``rollouts`` (the query layout: student top-k, sampled id)."""
+def both_views(rollouts: Rollouts, student: Teacher, teacher: Teacher, width: int) -> Texts:
+    """Both models' top-``width`` at every position of ``rollouts``; the teacher is also asked about the
+    student's top-``width`` and the sampled id (the query layout)."""
     sampled = rollouts.response_ids.unsqueeze(-1)
     student_view = student.score(rollouts, sampled, width)
     query = torch.cat([student_view.topk_ids, sampled], dim=-1)
