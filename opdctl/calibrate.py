@@ -55,22 +55,23 @@ class Texts:
     teacher: TeacherScores  # the teacher's top-K, and its log-probs of the student's top-K and the sampled id
 
     def values(self, signal: Signal) -> torch.Tensor:
-        """The signal's value at every valid position, flattened."""
-        k, mask = signal.k, self.rollouts.mask
-        student_ids, teacher_ids = self.student.topk_ids[..., :k], self.teacher.topk_ids[..., :k]
-        if signal.metric == "overlap_ratio":
-            values = drift.overlap_ratio(student_ids, teacher_ids)
-        elif signal.metric == "weighted_overlap":
-            values = drift.weighted_overlap(student_ids, self.student.topk_logprobs[..., :k], teacher_ids)
-        else:
-            values = drift.sampled_nucleus_mass(
-                self.rollouts.response_ids, teacher_ids, self.teacher.topk_logprobs[..., :k]
+        """The signal's value at every valid position, flattened (for teacher_top_p: the nucleus mass before the
+        sampled token, whose threshold is p, rather than the acceptance at one p)."""
+        k, sampled = signal.k, self.rollouts.response_ids
+        teacher_ids, teacher_lp = self.teacher.topk_ids[..., :k], self.teacher.topk_logprobs[..., :k]
+        if signal.bad_below:
+            values = drift.drift_signal(
+                signal.metric,
+                student_topk=self.student.topk_ids[..., :k],
+                student_topk_logprobs=self.student.topk_logprobs[..., :k],
+                teacher_topk=teacher_ids,
+                teacher_topk_logprobs=teacher_lp,
+                sampled=sampled,
+                threshold=1.0,
             )
-        return values[mask]
-
-    def teacher_logprob(self) -> torch.Tensor:
-        """The teacher's log-prob of each sampled token, flattened like :meth:`values`."""
-        return self.teacher.query_logprobs[..., -1][self.rollouts.mask]
+        else:
+            values = drift.sampled_nucleus_mass(sampled, teacher_ids, teacher_lp)
+        return values[self.rollouts.mask]
 
 
 @dataclass
