@@ -32,7 +32,7 @@ from opdctl.evaluation.benchmarks import wordproblems
 from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.runner import Settings, evaluate
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.shrink import Texts, _response_logprobs
+from opdctl.shrink import Texts, response_logprobs
 from opdctl.start import start_run
 from opdctl.trainer import Trainer
 
@@ -69,8 +69,8 @@ def held_out_reverse_kl(trainer: Trainer, problems: int, max_new_tokens: int, se
     texts = Texts(rollouts.prompt_ids, rollouts.responses())
     total, count = 0.0, 0
     for batch in texts.batches(4):
-        p = _response_logprobs(trainer.student.model.eval(), batch)
-        q = _response_logprobs(trainer.teacher.model, batch)
+        p = response_logprobs(trainer.student.model.eval(), batch)
+        q = response_logprobs(trainer.teacher.model, batch)
         total += float((p.exp() * (p - q)).sum())
         count += p.shape[0]
     return total / max(count, 1)

@@ -205,6 +205,9 @@ class Teacher(Protocol):
     Optional capabilities are protocols of their own: :class:`OverlappedScoring`
     (score rows while the batch is still generating), :class:`Generator` (answer
     prompts, for evaluation), :class:`KnowsContextLength`.
+
+    The class is built as ``cls(config)``; one that loads a model may also take ``setting``,
+    the option that named the model, for its error messages (``opdctl eval`` passes ``--model``).
     """
 
     Config: ClassVar[type[BackendConfig]]

@@ -20,7 +20,7 @@ from opdctl.config import Config
 from opdctl.data import load_prompts
 from opdctl.errors import ConfigError
 from opdctl.progress import reporter
-from opdctl.registry import backend_class
+from opdctl.registry import DRIFT_METRICS, backend_class
 
 PAPER_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9}
 KS = (1, 4, 8, 16)
@@ -56,27 +56,20 @@ class Texts:
     teacher: TeacherScores  # the teacher's top-K, and its log-probs of the student's top-K and the sampled id
 
     def values(self, signal: Signal) -> torch.Tensor:
-        """The signal's value at every valid position, flattened."""
-        k, mask = signal.k, self.rollouts.mask
-        student_ids, teacher_ids = self.student.topk_ids[..., :k], self.teacher.topk_ids[..., :k]
-        if signal.metric == "overlap_ratio":
-            values = drift.overlap_ratio(student_ids, teacher_ids)
-        elif signal.metric == "weighted_overlap":
-            values = drift.weighted_overlap(student_ids, self.student.topk_logprobs[..., :k], teacher_ids)
-        elif signal.metric == "teacher_top_p":
-            values = drift.sampled_nucleus_mass(
-                self.rollouts.response_ids, teacher_ids, self.teacher.topk_logprobs[..., :k]
-            )
-        else:
+        """The signal's value at every valid position, flattened (for teacher_top_p: the nucleus mass before the
+        sampled token, whose threshold is p, rather than the acceptance at one p)."""
+        if signal.metric not in PAPER_THRESHOLDS:
             raise ConfigError(
                 f"opdctl calibrate does not know prune.metric={signal.metric!r}: it calibrates overlap_ratio, "
                 "weighted_overlap and teacher_top_p"
             )
-        return values[mask]
-
-    def teacher_logprob(self) -> torch.Tensor:
-        """The teacher's log-prob of each sampled token, flattened like :meth:`values`."""
-        return QueryLayout.sampled(self.teacher.query_logprobs)[self.rollouts.mask]
+        k, sampled = signal.k, self.rollouts.response_ids
+        view = drift.DriftView.of(self.student.topk_ids, self.student.topk_logprobs, sampled, self.teacher, k)
+        if signal.bad_below:
+            values = DRIFT_METRICS.get(signal.metric)(view, 1.0)
+        else:
+            values = drift.sampled_nucleus_mass(view.sampled, view.teacher_topk, view.teacher_topk_logprobs)
+        return values[self.rollouts.mask]
 
 
 @dataclass
@@ -126,13 +119,13 @@ def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) 
         with reporter().task("Calibrating", 4) as advance:
             by_teacher = teacher.generate(prompts, Sampling(max_new_tokens, 1.0, seed=config.seed))
             advance()
-            teacher_text = _score(by_teacher, student, teacher, width)
+            teacher_text = both_views(by_teacher, student, teacher, width)
             advance()
             by_student = student.generate(
                 prompts, Sampling(max_new_tokens, config.rollout.temperature, seed=config.seed + 1)
             )
             advance()
-            student_text = _score(by_student, student, teacher, width)
+            student_text = both_views(by_student, student, teacher, width)
             advance()
     finally:
         teacher.close()
@@ -159,8 +152,9 @@ def _student_scorer(config: Config) -> Teacher:
     return hf(hf.Config(**options, trust_remote_code=config.student.trust_remote_code))
 
 
-def _score(rollouts: Rollouts, student: Teacher, teacher: Teacher, width: int) -> Texts:
-    """Both models' top-``width`` at every position of ``rollouts`` (the query layout: student top-k, sampled id)."""
+def both_views(rollouts: Rollouts, student: Teacher, teacher: Teacher, width: int) -> Texts:
+    """Both models' top-``width`` at every position of ``rollouts``; the teacher is also asked about the
+    student's top-``width`` and the sampled id (the query layout)."""
     student_view = student.score(rollouts, rollouts.response_ids.unsqueeze(-1), width)
     query = QueryLayout.ids(student_view.topk_ids, rollouts.response_ids)
     return Texts(rollouts, student_view, teacher.score(rollouts, query, width))

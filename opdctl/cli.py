@@ -11,8 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
+from opdctl import __version__
 from opdctl.errors import ConfigError, OpdctlError
 from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
+from opdctl.stopping import Stopped
 
 app = typer.Typer(
     help="Drift-aware on-policy distillation (Prune-OPD) of reasoning language models.",
@@ -33,6 +35,21 @@ Overrides = Annotated[
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"opdctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Drift-aware on-policy distillation (Prune-OPD) of reasoning language models."""
+
+
 def _run(debug: bool, action: Callable[[], Any]) -> Any:
     """Run ``action``, turning errors into one red line and a non-zero exit (tracebacks with --debug)."""
     from rich.markup import escape
@@ -41,6 +58,9 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
 
     try:
         return action()
+    except Stopped as exc:
+        console.print(f"[yellow]{exc}[/yellow]", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
     except OpdctlError as exc:
         if debug:
             raise
@@ -62,7 +82,11 @@ def _run(debug: bool, action: Callable[[], Any]) -> Any:
 
 
 def _quiet_libraries() -> None:
-    """Keep transformers/datasets progress bars and advisory warnings out of our output."""
+    """Keep transformers/datasets progress bars and advisory warnings out of our output; no minute-long hub
+    retries without a network."""
+    from opdctl.hub import fail_fast_offline
+
+    fail_fast_offline()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
@@ -103,6 +127,7 @@ def train(
     from opdctl.console import console, stdout, summary_table
     from opdctl.progress import reporting_to
     from opdctl.start import resumed_config, start_run
+    from opdctl.stopping import sigterm_interrupts
 
     def action() -> None:
         _quiet_libraries()
@@ -114,7 +139,8 @@ def train(
 
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 speaks for all
         with reporting_to(RichReporter() if main else LogReporter()):
-            trainer = start_run(cfg, resume)
+            with sigterm_interrupts():  # a run still loading stops cleanly on SIGTERM too
+                trainer = start_run(cfg, resume)
             if main:
                 console.print(f"[bold]run directory[/bold] {trainer.run.path}")
             summary = trainer.fit()

@@ -11,7 +11,7 @@ import datetime as dt
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from opdctl.errors import ConfigError
 from opdctl.registry import DRIFT_METRICS, LOSS_ESTIMATORS, Registry, backend_class
 
-FiniteFloat = Field(allow_inf_nan=False)
+Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
 class Section(BaseModel):
@@ -58,6 +58,9 @@ class DataConfig(Section):
         1024, ge=1, description="Longer prompts are an error naming the row (or skipped, see skip_long_prompts)."
     )
     skip_long_prompts: bool = Field(False, description="Skip and count prompts over max_prompt_tokens.")
+    skip_bad_rows: bool = Field(
+        False, description="Skip (and count) rows whose prompt is missing, empty or malformed instead of stopping."
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
 
 
@@ -172,7 +175,7 @@ class OptimConfig(Section):
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False, description="Max gradient norm; null disables.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches the step's rollouts are split into for backward.")
     weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up from 0 over this many steps.")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="After warm-up: constant, or decayed to 0 at the last step (transformers' schedulers)."
@@ -187,7 +190,9 @@ class OutputConfig(Section):
     save_every: int = Field(50, ge=1, description="Checkpoint every N steps (and at the end).")
     keep_checkpoints: int | None = Field(2, ge=1, description="Keep the newest N checkpoints; null keeps all.")
     trace_every: int = Field(1, ge=0, description="Trace every N-th step (and step 1); 0 disables traces.")
-    trace_rollouts: int | Literal["all"] = Field(16, description="Rollouts traced per traced step, or all.")
+    trace_rollouts: int | Literal["all"] = Field(
+        16, description="Rollouts traced per traced step (at least 1), or all."
+    )
     report_to: list[str] = Field(
         default_factory=list,
         description="Experiment trackers that get every metrics record: tensorboard, wandb, trackio, mlflow "
@@ -205,6 +210,12 @@ class OutputConfig(Section):
             if name not in known:
                 raise ValueError(f"output.report_to: unknown tracker {name!r}; use any of {', '.join(known)}")
         return list(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _check_trace_rollouts(self) -> OutputConfig:
+        count = self.trace_rollouts
+        _require(count == "all" or count >= 1, "output.trace_rollouts", count, ">= 1, or 'all'")
+        return self
 
 
 class EvalConfig(Section):
@@ -253,6 +264,15 @@ class Config(Section):
         budget, limit = self.budget, self.rollout.max_new_tokens
         if budget.max_len is None:
             budget.max_len = limit
+        _require(
+            budget.min_len <= budget.max_len, "budget.min_len", budget.min_len, f"<= budget.max_len ({budget.max_len})"
+        )
+        _require(
+            self.optim.warmup_steps <= self.optim.steps,
+            "optim.warmup_steps",
+            self.optim.warmup_steps,
+            f"<= optim.steps ({self.optim.steps})",
+        )
         if budget.enable:
             _require(
                 budget.min_len <= budget.init_len,
@@ -300,7 +320,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing YAML file to -c)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import random
 from dataclasses import dataclass
 from itertools import islice
@@ -16,6 +17,7 @@ from opdctl.errors import DataError, reason
 from opdctl.progress import reporter
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+OTHER_FILE_SUFFIXES = {".csv", ".tsv", ".txt", ".yaml", ".yml", ".xlsx", ".xls", ".arrow", ".gz", ".zip", ".md"}
 BUILTIN_TASKS = {"demo": "opdctl.demo.task", "wordproblems": "opdctl.wordproblems"}  # modules with training_problems
 BUILTIN_TRAINING_PROMPTS = 20_000
 
@@ -51,23 +53,52 @@ def load_rows(source: str, split: str = "train", name: str | None = None) -> lis
 
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
-    looks_local = suffix in FILE_FORMATS or source.startswith((".", "/", "~"))
+    looks_local = (
+        suffix in FILE_FORMATS or suffix in OTHER_FILE_SUFFIXES or source.startswith((".", "/", "~")) or path.exists()
+    )
     try:
         if looks_local:
-            if not path.is_file():
-                raise DataError(f"data file not found: {path} (give an existing .jsonl, .json or .parquet file)")
-            if suffix not in FILE_FORMATS:
-                raise DataError(f"unsupported data file {path}: use .jsonl, .json or .parquet")
-            if path.stat().st_size == 0:
-                raise DataError(f"data file {path} is empty: it needs one row per prompt")
+            _check_file(path)
             dataset = datasets.load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train")
         else:
             dataset = datasets.load_dataset(source, name, split=split)
     except DataError:
         raise
     except Exception as exc:
+        if looks_local and suffix == ".jsonl":
+            _find_bad_line(path)
         raise DataError(f"cannot load dataset {source!r}: {reason(exc)}") from exc
     return list(dataset)
+
+
+def _check_file(path: Path) -> None:
+    """A local data file exists, has a supported format and holds something."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory: give a .jsonl, .json or .parquet file")
+    if not path.is_file():
+        raise DataError(f"data file not found: {path} (give an existing .jsonl, .json or .parquet file)")
+    if path.suffix.lower() not in FILE_FORMATS:
+        raise DataError(f"unsupported data file {path}: use .jsonl, .json or .parquet")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty: it needs one row per prompt")
+    if path.suffix.lower() != ".parquet" and not path.read_bytes().strip():
+        raise DataError(f"data file {path} holds only blank lines: it needs one row per prompt")
+
+
+def _find_bad_line(path: Path) -> None:
+    """Raise a DataError naming the first line of a .jsonl file that is not a JSON object, if there is one."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path} line {number} is not UTF-8 text: save the file as UTF-8") from None
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {number} is not JSON ({exc.msg}): fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number} is not a JSON object: each line must be one row {{...}}")
 
 
 def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PromptSet:
@@ -89,8 +120,17 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
             f"dataset {config.source!r} has no column {config.prompt_field!r} "
             f"(columns: {', '.join(rows[0])}): set data.prompt_field"
         )
-    prompts, too_long = PromptSet([], [], []), 0
+    prompts, skipped, too_long = PromptSet([], [], []), [], 0
     for index, row in enumerate(rows):
+        problem = _prompt_problem(row.get(config.prompt_field), config.prompt_field)
+        if problem:
+            if not config.skip_bad_rows:
+                raise DataError(
+                    f"{config.source} row {index}: {problem}: fix the row, or set data.skip_bad_rows=true to skip "
+                    "such rows"
+                )
+            skipped.append(index)
+            continue
         content = _prompt_content(row, config, index)
         ids = chat_prompt(tokenizer, content, config.chat_template)
         if len(ids) > config.max_prompt_tokens:
@@ -105,17 +145,38 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         prompts.texts.append(content if isinstance(content, str) else content[-1]["content"])
         answer = row.get(config.answer_field) if config.answer_field else None
         prompts.answers.append(None if answer is None else str(answer))
+    if skipped:
+        reporter().message(
+            f"skipped {len(skipped)} of {len(rows)} rows of {config.source} without a usable "
+            f"{config.prompt_field!r} (first: row {skipped[0]}; data.skip_bad_rows)"
+        )
     if too_long:
         reporter().message(
             f"skipped {too_long} of {len(rows)} prompts of {config.source} longer than data.max_prompt_tokens="
             f"{config.max_prompt_tokens}"
         )
-    if not prompts.ids:
+    if not prompts.ids and not skipped:
         raise DataError(
             f"every prompt of {config.source} is longer than data.max_prompt_tokens={config.max_prompt_tokens}: "
             "raise it"
         )
+    if not prompts.ids:
+        raise DataError(f"dataset {config.source!r} has no row with a usable {config.prompt_field!r}: fix the data")
     return prompts
+
+
+def _prompt_problem(value: Any, field: str) -> str | None:
+    """What is wrong with a row's prompt value (missing, empty, not text or chat messages), or None."""
+    if value is None:
+        return f"{field!r} is missing or null"
+    if isinstance(value, str):
+        return f"{field!r} is empty" if not value.strip() else None
+    if isinstance(value, list):
+        messages = value and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+        return None if messages else f"{field!r} is a list but not chat messages ({{'role', 'content'}} each)"
+    return f"{field!r} is a {type(value).__name__}, not text or a list of chat messages"
 
 
 def _prompt_content(row: dict[str, Any], config: DataConfig, index: int) -> str | list[dict[str, str]]:

@@ -9,6 +9,7 @@ traces and checkpoints.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +85,15 @@ def setup_world() -> World:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_world)
     return World(rank=rank, size=size, local_rank=local_rank)
+
+
+def _leave_world() -> None:
+    """Shut the process group down before the interpreter does: its communication threads,
+    still running at exit, aborted a finished process ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for(world: World, requested: str) -> str:

@@ -2,7 +2,12 @@
 
 
 def reason(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message, cut to ``limit`` characters (its type if it has none)."""
+    """The first line of an exception's message, cut to ``limit`` characters (its type if it has none).
+
+    A file-system error names its file: ``path: No such file or directory``.
+    """
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"[:limit]
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
 

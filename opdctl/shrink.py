@@ -177,10 +177,11 @@ def _shortlist(
 
 def teacher_logprobs(teacher: torch.nn.Module, texts: Texts) -> list[torch.Tensor]:
     """The teacher's full-vocabulary log-probs at every response position, one tensor per batch."""
-    return [_response_logprobs(teacher, batch) for batch in texts.batches(4)]
+    return [response_logprobs(teacher, batch) for batch in texts.batches(4)]
 
 
-def _response_logprobs(model: torch.nn.Module, batch: Texts) -> torch.Tensor:
+def response_logprobs(model: torch.nn.Module, batch: Texts) -> torch.Tensor:
+    """``model``'s full-vocabulary log-probs ``[N, V]`` at the N positions that predict ``batch``'s responses."""
     ids, mask, predicting = _pad(batch)
     logits = model(input_ids=ids, attention_mask=mask).logits[predicting]
     return torch.log_softmax(logits.float(), dim=-1)
@@ -191,7 +192,7 @@ def _kl(model: torch.nn.Module, texts: Texts, targets: list[torch.Tensor]) -> fl
     """KL(teacher || model) per response token."""
     total, count = 0.0, 0
     for batch, target in zip(texts.batches(4), targets, strict=True):
-        logprobs = _response_logprobs(model, batch)
+        logprobs = response_logprobs(model, batch)
         total += float((target.exp() * (target - logprobs)).sum())
         count += target.shape[0]
     return total / max(count, 1)
@@ -202,7 +203,7 @@ def kl_to_teacher(student: torch.nn.Module, teacher: torch.nn.Module, texts: Tex
     """(KL(teacher || student), KL(student || teacher)) per token on ``texts``."""
     forward, reverse, count = 0.0, 0.0, 0
     for batch in texts.batches(4):
-        q, p = _response_logprobs(teacher, batch), _response_logprobs(student.eval(), batch)
+        q, p = response_logprobs(teacher, batch), response_logprobs(student.eval(), batch)
         forward += float((q.exp() * (q - p)).sum())
         reverse += float((p.exp() * (p - q)).sum())
         count += q.shape[0]
@@ -225,8 +226,8 @@ def warm_up(student: torch.nn.Module, teacher: torch.nn.Module, texts: Texts, se
             rows = order[start : start + settings.batch_size]
             batch = Texts([texts.prompts[i] for i in rows], [texts.responses[i] for i in rows])
             with torch.no_grad():
-                target = _response_logprobs(teacher, batch)
-            loss = (target.exp() * (target - _response_logprobs(student, batch))).sum(-1).mean()
+                target = response_logprobs(teacher, batch)
+            loss = (target.exp() * (target - response_logprobs(student, batch))).sum(-1).mean()
             for group in optimizer.param_groups:  # cosine decay to 10%
                 group["lr"] = settings.lr * (0.55 + 0.45 * math.cos(math.pi * step / settings.warmup_steps))
             loss.backward()

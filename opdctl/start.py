@@ -1,23 +1,25 @@
 """Starting a run: the backends, the data and the run directory, checked before anything is written.
 
-A new run gets a fresh run directory; ``--resume`` reopens one and continues from its
-latest checkpoint with the config the run was started with (plus overrides).
+A new run gets a fresh run directory, locked by process 0; ``--resume`` reopens one and
+continues from its newest complete checkpoint (:mod:`opdctl.resume`) with the config the
+run was started with (plus overrides).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from opdctl.backends import Student, Teacher
-from opdctl.config import BackendConfig, Config, apply_override, resolve_run_dir, validate
+from opdctl.config import BackendConfig, Config, apply_override, read_yaml, resolve_run_dir, validate
 from opdctl.data import PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
-from opdctl.errors import ConfigError, RunError
+from opdctl.errors import BackendError, ConfigError, OpdctlError, RunError
 from opdctl.evaluation.benchmarks import load_benchmarks
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
+from opdctl.resume import finished_note, resume_checkpoint, unloadable
 from opdctl.rundir import RunDir
 from opdctl.trackers import Trackers, require_trackers
 from opdctl.trainer import Trainer
@@ -71,37 +73,85 @@ def check_lengths(config: Config, student: Student, prompts: PromptSet) -> None:
 
 
 def start_run(config: Config, resume: Path | None = None) -> Trainer:
-    """Build a trainer for a new run, or for ``resume``'s run from its last checkpoint.
+    """Build a trainer for a new run, or for ``resume``'s run from its newest complete checkpoint.
 
-    Backends and data load before a new run directory is created, so a run that
-    cannot start leaves nothing behind.
+    Process 0 owns the run directory (its lock) from the start. A new run's directory is
+    removed again if the run cannot start; a resume writes nothing until the checkpoint
+    has loaded, so a failed resume leaves the run as it was.
     """
     world = setup_world()
     require_trackers(config.output.report_to)
-    run = RunDir.open(resume) if resume is not None else None
-    path = run.path if run else Path(world.broadcast(str(resolve_run_dir(config.output.dir))))
-    if run is None:
-        RunDir.refuse_existing(path)
-    latest = run.latest_checkpoint() if run else None
-    student, teacher = load_backends(config, student_model=str(latest[1]) if latest else None, world=world)
+    run = _claim_run_dir(config, resume, world)
+    try:
+        return _build_trainer(config, run, resume is not None, world)
+    except BaseException:
+        if world.main:
+            run.abandon()
+        raise
+
+
+def _claim_run_dir(config: Config, resume: Path | None, world: World) -> RunDir:
+    """Process 0 locks the run directory (creating a new run's); every process learns where it is."""
+
+    def claim() -> RunDir:
+        if resume is not None:
+            run = RunDir.open(resume)
+            run.lock.acquire()
+            return run
+        template = config.output.dir
+        return RunDir.claim(resolve_run_dir(template), unique="{timestamp}" in template)
+
+    run = _on_main(world, claim)
+    return run if isinstance(run, RunDir) else RunDir(run)
+
+
+def _on_main(world: World, action: Callable[[], Any]) -> Any:
+    """``action()`` on process 0, its result (a RunDir as its path) or its error on every process."""
+    if not world.distributed:
+        return action()
+    result, error = None, None
+    if world.main:
+        try:
+            result = action()
+        except OpdctlError as exc:
+            error = str(exc)
+    shared = result.path if isinstance(result, RunDir) else result
+    error, shared = world.broadcast((error, shared))
+    if error:
+        raise RunError(error)
+    return result if world.main else shared
+
+
+def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) -> Trainer:
+    latest = _on_main(world, lambda: resume_checkpoint(run, config.optim.steps)) if resuming else None
+    student_model = str(latest[1]) if latest else None
+    try:
+        student, teacher = load_backends(config, student_model=student_model, world=world)
+    except BackendError as exc:
+        if latest and student_model in str(exc):
+            raise unloadable(latest[1], exc) from exc
+        raise
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)
     benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
-    config.output.dir = str(path)
-    if world.main:
-        if run is None:
-            run = RunDir.create(path, config.to_yaml())
-        else:
-            run.write_config(config.to_yaml())
-    world.barrier()
-    run = run or RunDir.open(path)
+    config.output.dir = str(run.path)
     trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)
     if latest is not None:
-        trainer.restore(latest[1])
-        reporter().message(f"Resuming {run.path} from step {trainer.state.step}")
+        try:
+            trainer.restore(latest[1])
+        except Exception as exc:
+            raise unloadable(latest[1], exc) from exc
+    step = trainer.state.step
     if world.main:
         sent = run.read_metrics()  # what the run's trackers were sent before a crash
-        run.rewind(trainer.state.step)
+        run.write_config(config.to_yaml())
+        for note in run.rewind(step) if resuming else []:
+            reporter().message(f"warning: {note}")
+        if latest is not None:
+            reporter().message(f"Resuming {run.path} from step {step}")
+        done = finished_note(run, step, config.optim.steps)
+        if resuming and done:
+            reporter().message(done)
         cfg = config.output
         trainer.trackers = Trackers.open(cfg.report_to, run, cfg.project, config.model_dump(mode="json"), sent)
     world.barrier()
@@ -111,7 +161,7 @@ def start_run(config: Config, resume: Path | None = None) -> Trainer:
 def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
     """The config a run was started with, plus command-line overrides."""
     run = RunDir.open(run_dir)
-    raw = yaml.safe_load(run.config_path.read_text()) or {}
+    raw = read_yaml(run.config_path)
     if not raw:
         raise RunError(f"{run_dir}/config.yaml is empty: the run never started; start a new run instead")
     for override in overrides:

@@ -9,12 +9,14 @@ One step, in order::
     effective lengths -> budget for the next step                               (opdctl.budget)
     metrics.jsonl, traces, checkpoints                                          (opdctl.outcome, opdctl.rundir)
 
-Runs start in :mod:`opdctl.start`; the checkpointed state is :class:`opdctl.checkpoint.TrainerState`.
+Runs start in :mod:`opdctl.start`; the checkpointed state is :class:`opdctl.checkpoint.TrainerState`;
+SIGINT/SIGTERM stop a run at a checkpoint (:mod:`opdctl.stopping`).
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,8 @@ from opdctl.generation import generate_and_score, now
 from opdctl.losses import advantage_sum, opd_loss
 from opdctl.outcome import StepOutcome, summarize_run
 from opdctl.progress import reporter
-from opdctl.rundir import RunDir
+from opdctl.rundir import RunDir, write_failure
+from opdctl.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.traces import trace_tables
 from opdctl.trackers import Trackers
 
@@ -116,17 +119,33 @@ class Trainer:
     # the loop ----------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait."""
-        with self.trackers:
-            return self._fit()
+        """Train to ``optim.steps``; process 0 evaluates, logs and checkpoints while the others wait.
 
-    def _fit(self) -> dict[str, Any]:
+        SIGINT/SIGTERM stop after the current step with a checkpoint; a second one stops at once.
+        A full disk or an unwritable file stops with the path and the resume command.
+        """
+        try:
+            with self.trackers, stop_on_signals() as stop:
+                return self._fit(stop)
+        except KeyboardInterrupt:
+            raise self._stopped_at_once() from None
+        except OSError as exc:
+            message = write_failure(exc, self.run.path, f"opdctl train --resume {self.run.path}")
+            if message is None:
+                raise
+            raise RunError(f"{message} (the run is kept up to its last checkpoint)") from exc
+        finally:
+            self.run.lock.release()
+
+    def _fit(self, stop: StopRequest) -> dict[str, Any]:
         cfg, state = self.config, self.state
         if state.step == 0:
             self.evaluate("before")
         with reporter().task("Training", cfg.optim.steps) as advance:
             advance(state.step)
             while state.step < cfg.optim.steps:
+                if stop.agreed(self.world):
+                    raise self._stop(stop)
                 started = time.perf_counter()
                 try:
                     record = self.train_step()
@@ -139,10 +158,34 @@ class Trainer:
                     advance(**_progress_fields(record))
                 if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < cfg.optim.steps:
                     self.evaluate("during")
-                if state.step % cfg.output.save_every == 0 or state.step == cfg.optim.steps:
+                if self._save_due():
                     self.save()
         self.evaluate("after")
         return self.summarize() if self.world.main else {}
+
+    def _save_due(self) -> bool:
+        step = self.state.step
+        return step % self.config.output.save_every == 0 or step == self.config.optim.steps
+
+    def _stop(self, stop: StopRequest) -> Stopped:
+        """Checkpoint the steps done (unless just saved) and say how to continue."""
+        name = signal.Signals(stop.signum).name
+        if self.state.step == 0:
+            where = "before the first step"
+        else:
+            if not self._save_due():
+                self.save()
+            where = f"after step {self.state.step}, checkpoint saved"
+        return Stopped(f"stopped on {name} {where}; continue with: opdctl train --resume {self.run.path}", stop.signum)
+
+    def _stopped_at_once(self) -> Stopped:
+        latest = self.run.latest_checkpoint()
+        since = f"its checkpoint at step {latest[0]}" if latest else "step 0"
+        return Stopped(
+            f"stopped at once during step {self.state.step + 1}; continue from {since} with: "
+            f"opdctl train --resume {self.run.path}",
+            signal.SIGINT,
+        )
 
     def train_step(self) -> dict[str, Any] | None:
         """One Prune-OPD step over this process's share of the batch; process 0 returns the step's record."""
@@ -301,8 +344,13 @@ class Trainer:
         self.world.barrier()
 
     def summarize(self) -> dict[str, Any]:
-        """The run's totals and evaluations: written to summary.json and returned."""
-        summary = summarize_run(self.run.read_metrics(), str(self.run.path), self.state.step, self.state.elapsed)
+        """The run's totals and evaluations (damaged metrics lines skipped, with a warning): written to
+        summary.json and returned."""
+        scan = self.run.scan_metrics()
+        note = scan.note(self.run.metrics_path)
+        if note:
+            reporter().message(note)
+        summary = summarize_run(scan.records, str(self.run.path), self.state.step, self.state.elapsed)
         self.run.write_summary(summary)
         return summary
 

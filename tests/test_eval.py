@@ -213,7 +213,7 @@ def test_data_files_pair_with_benchmark_names(tmp_path):
     [
         (["nope"], None, Fields(), ["unknown benchmark 'nope'", "aime24", ".jsonl"]),
         (["aime"], "missing", Fields(), ["data file not found", ".jsonl"]),
-        (["aime24"], "broken", Fields(), ["cannot be read (JSON parse error", "problem and answer fields"]),
+        (["aime24"], "broken", Fields(), ["bench.jsonl line 2 is not JSON", "fix or remove that line"]),
         (["aime24"], [{"text": "q", "answer": "1"}], Fields(), ["no problem column", "problem, question", "text"]),
         (["aime24"], [{"problem": "q", "sol": "1"}], Fields(), ["no answer column", "answer", "--answer-field"]),
         (["aime24"], [{"q": "x", "a": "1"}], Fields(problem="q", answer="b"), ["no answer column 'b'", "q, a"]),

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from opdctl import drift
 from opdctl.backends import Sampling
-from opdctl.calibrate import _score, calibrate
+from opdctl.calibrate import both_views, calibrate
 from opdctl.cli import app
 from opdctl.config import validate
 from opdctl.data import chat_prompt, load_prompts
@@ -111,7 +111,7 @@ def test_calibrated_threshold_holds_on_fresh_teacher_text(real_teacher, real_stu
     teacher = HFTeacher(HFTeacher.Config(model=str(real_teacher)))
     scorer = HFTeacher(HFTeacher.Config(model=str(real_student)))
     fresh = load_prompts(config.data.model_copy(update={"limit": 16}), teacher.tokenizer, seed=99).ids[8:]
-    text = _score(teacher.generate(fresh, Sampling(48, 1.0, seed=123)), scorer, teacher, 16)
+    text = both_views(teacher.generate(fresh, Sampling(48, 1.0, seed=123)), scorer, teacher, 16)
     mask = text.rollouts.mask
     overlap = drift.weighted_overlap(text.student.topk_ids, text.student.topk_logprobs, text.teacher.topk_ids)
     bad = drift.bad_events(overlap, mask, result.threshold)

@@ -20,16 +20,21 @@ from opdctl.rundir import RunDir
 def evaluate_in_training(
     config: Config, run: RunDir, student: Student, teacher: Teacher, benchmarks: list[Benchmark], step: int, when: str
 ) -> None:
-    """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl."""
+    """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl.
+
+    A score already logged for this step (a resumed run's) is not computed again."""
     cfg = config.eval
     models: list[tuple[str, Any]] = [(when, student)]
     if cfg.teacher and when == "before" and isinstance(teacher, Generator):
         models.append(("teacher", teacher))
     limit = cfg.max_new_tokens or config.rollout.max_new_tokens
     settings = Settings(cfg.n, cfg.temperature, cfg.top_p, limit, config.seed, config.data.chat_template)
+    done = {(r["eval"], r["when"]) for r in run.read_metrics() if "eval" in r and r.get("step") == step}
     with Grader(workers=min(4, os.cpu_count() or 1)) as grader:
         for benchmark in benchmarks:
             for label, model in models:
+                if (benchmark.name, label) in done:  # a resumed run has it already
+                    continue
                 score = evaluate(
                     model, student.tokenizer, benchmark, settings, grader, batch_size=256, pass_k=cfg.pass_k
                 )

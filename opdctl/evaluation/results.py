@@ -6,18 +6,20 @@
       summary.json      metrics per benchmark and overall, written at the end
 
 Rerunning with the same output directory resumes: rows already in responses.jsonl
-are skipped. A line cut short by a crash is dropped.
+are skipped. A line cut short by a crash is dropped; a damaged line elsewhere is moved
+to responses.jsonl.damaged and costs no other row. One process at a time writes the
+directory (an OS lock on OUTPUT/.opdctl.lock, released when the process ends).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from opdctl.errors import ConfigError
-from opdctl.rundir import atomic_write
+from opdctl.progress import reporter
+from opdctl.rundir import DirLock, append_line, atomic_write, check_output, scan_jsonl
 
 Row = dict[str, Any]
 
@@ -30,18 +32,43 @@ class EvalDir:
         self.settings_path = self.path / "settings.json"
         self.responses_path = self.path / "responses.jsonl"
         self.summary_path = self.path / "summary.json"
+        self.lock = DirLock(self.path)
 
     @classmethod
     def open(cls, path: Path, settings: dict[str, Any]) -> EvalDir:
-        """A new output directory, or the one an earlier run with the same ``settings`` left (to resume it)."""
+        """A new output directory, or the one an earlier run with the same ``settings`` left (to resume it).
+
+        The directory is locked until :meth:`close`; a run directory or a place inside one is refused.
+        """
+        check_output(path, "evaluation", "--output")
         out = cls(path)
-        if out.settings_path.is_file():
-            out._check_same(json.loads(out.settings_path.read_text()), settings)
-            atomic_write(out.responses_path, "".join(json.dumps(row) + "\n" for row in out.rows()))
-        else:
-            out.path.mkdir(parents=True, exist_ok=True)
-            atomic_write(out.settings_path, json.dumps(settings, indent=2) + "\n")
+        out.path.mkdir(parents=True, exist_ok=True)
+        out.lock.acquire()
+        try:
+            if out.settings_path.is_file():
+                out._check_same(json.loads(out.settings_path.read_text()), settings)
+                out._tidy()
+            else:
+                atomic_write(out.settings_path, json.dumps(settings, indent=2) + "\n")
+        except BaseException:
+            out.lock.release()
+            raise
         return out
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def _tidy(self) -> None:
+        """Keep each valid row once; move damaged lines to responses.jsonl.damaged."""
+        scan = scan_jsonl(self.responses_path)
+        if scan.damaged:
+            damaged = self.responses_path.with_name(self.responses_path.name + ".damaged")
+            for _, line in scan.damaged:
+                append_line(damaged, line)
+            reporter().message(f"{scan.note(self.responses_path)} (kept in {damaged})")
+        rows = self.rows()
+        if len(rows) != len(scan.records) or scan.damaged or scan.torn:
+            atomic_write(self.responses_path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def _check_same(self, before: dict[str, Any], now: dict[str, Any]) -> None:
         for key in sorted(set(before) | set(now)):
@@ -52,24 +79,20 @@ class EvalDir:
                 )
 
     def rows(self) -> list[Row]:
-        """Every complete response row (a last line cut short by a crash is ignored)."""
-        if not self.responses_path.is_file():
-            return []
-        rows = []
-        for line in self.responses_path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+        """Every complete response row, once per (benchmark, problem, sample); damaged lines are skipped."""
+        rows, seen = [], set()
+        for row in scan_jsonl(self.responses_path).records:
+            key = (row.get("benchmark"), row.get("problem_id"), row.get("sample"))
+            if None in key or key in seen:
+                continue
+            seen.add(key)
+            rows.append(row)
         return rows
 
     def append(self, rows: list[Row]) -> None:
         """Append rows, each line flushed and fsync'ed before the next."""
-        with open(self.responses_path, "a") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+        for row in rows:
+            append_line(self.responses_path, json.dumps(row))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write(self.summary_path, json.dumps(summary, indent=2) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from opdctl.evaluation.results import EvalDir
 from opdctl.evaluation.runner import Settings, context_length, generate_rows
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
-from opdctl.rundir import RunDir
+from opdctl.rundir import RunDir, check_output, write_failure
 from opdctl.sources import GGUF_SUFFIX, PACKAGE_PREFIX, resolve_model
 
 UNANSWERED_WARNING = 0.5  # warn when at least this share of a benchmark's responses has no answer
@@ -85,6 +86,8 @@ def run_eval(request: EvalRequest) -> EvalResult:
     """
     _check(request)
     started = time.perf_counter()
+    if request.output is not None:
+        check_output(request.output, "evaluation", "--output")
     ref = resolve(request.model, request.checkpoint)
     benchmarks = load_benchmarks(
         request.bench, request.data, request.fields, request.prompt_template, request.max_problems
@@ -99,19 +102,27 @@ def run_eval(request: EvalRequest) -> EvalResult:
         previous = out.rows()
         resuming = f"; {len(previous)} responses already there" if previous else ""
         reporter().message(f"results in {out.path} (rerun with --output {out.path} to resume){resuming}")
-        with Grader(request.grade_workers, request.grade_timeout) as grader:
-            scores = [
-                _run_benchmark(generator, tokenizer, benchmark, settings, grader, request, out, previous)
-                for benchmark in benchmarks
-            ]
+        try:
+            with Grader(request.grade_workers, request.grade_timeout) as grader:
+                scores = [
+                    _run_benchmark(generator, tokenizer, benchmark, settings, grader, request, out, previous)
+                    for benchmark in benchmarks
+                ]
+            total = overall(scores)
+            _warn_unanswered(scores, benchmarks)
+            seconds = time.perf_counter() - started
+            out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
+        except OSError as exc:
+            message = write_failure(exc, out.path, f"the same command (it resumes from {out.path})")
+            if message is None:
+                raise
+            raise RunError(message) from exc
+        finally:
+            out.close()
     finally:
         close = getattr(generator, "close", None)
         if close is not None:
             close()
-    total = overall(scores)
-    _warn_unanswered(scores, benchmarks)
-    seconds = time.perf_counter() - started
-    out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
     return EvalResult(out.path, scores, total, request.n, seconds)
 
 
@@ -209,7 +220,9 @@ def load_generator(request: EvalRequest, ref: ModelRef) -> tuple[Generator, PreT
         options = {"model": request.served_model, "base_url": request.base_url, "max_concurrency": request.concurrency}
     else:
         options = {"model": ref.source, "dtype": request.dtype, "device": request.device}
-    generator = cls(_backend_config(cls, {k: v for k, v in options.items() if k in cls.Config.model_fields}))
+    config = _backend_config(cls, {k: v for k, v in options.items() if k in cls.Config.model_fields})
+    local = not request.base_url and "setting" in inspect.signature(cls).parameters
+    generator = cls(config, setting="--model") if local else cls(config)  # errors then name --model
     if not isinstance(generator, Generator):
         raise ConfigError(f"--backend {name}: this teacher backend cannot generate answers; choose one that can")
     if request.base_url:

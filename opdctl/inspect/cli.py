@@ -51,8 +51,10 @@ def run_inspect(
         raise ConfigError(f"--color {color!r}: use one of {', '.join(COLORS)}")
     window = parse_range(steps, "--steps") if steps else None
     traces = RunTraces(run_dir, window)
-    summary = summarize(traces, level, rows)
     other = RunTraces(compare, window) if compare else None
+    for warning in [*traces.warnings, *(other.warnings if other else [])]:
+        console.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)
+    summary = summarize(traces, level, rows)
     other_summary = summarize(other, level, rows) if other else None
     prof = position_profile(traces, bin_size) if profile or plot else None
     view = rollout_view(traces, step, rollout) if step is not None else None

@@ -1,7 +1,8 @@
 """Lazy access to what a run recorded: metrics, and parquet traces one step at a time.
 
 Trace files appear atomically (rollouts first, then tokens), so a run that is
-still going can be read: a step counts once its token file exists.
+still going can be read: a step counts once its token file exists. A damaged trace
+file or metrics line leaves out that step or record only, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from opdctl.errors import RunError
+from opdctl.errors import RunError, reason
 from opdctl.rundir import RunDir, trace_step
 
 
@@ -25,14 +26,34 @@ class RunTraces:
     def __init__(self, path: Path, steps: tuple[int, int] | None = None) -> None:
         self.run = RunDir.open(Path(path))
         self.path = self.run.path
+        self.warnings: list[str] = []
         files = {trace_step(p): p for p in self.run.trace_files("tokens")}
         rollouts = {trace_step(p): p for p in self.run.trace_files("rollouts")}
-        self.files = {s: p for s, p in sorted(files.items()) if s in rollouts and _in(s, steps)}
+        paired = [s for s in sorted(files) if s in rollouts and _in(s, steps)]
+        self.files = {s: files[s] for s in paired if self._readable(files[s], rollouts[s])}
         self.rollout_files = {s: rollouts[s] for s in self.files}
+        scan = self.run.scan_metrics()
+        self._records = scan.records
+        note = scan.note(self.run.metrics_path)
+        if note:
+            self.warnings.append(note)
         self._tokenizer = None
         if not self.files:
             where = f" in steps {steps[0]}-{steps[1]}" if steps else ""
             raise RunError(f"{self.path} has no traces{where} (runs record them when output.trace_every > 0)")
+
+    def _readable(self, *paths: Path) -> bool:
+        """Whether both trace files of a step open as parquet (else a warning names the damaged one)."""
+        for path in paths:
+            try:
+                pq.read_metadata(path)
+            except (OSError, pa.ArrowException) as exc:
+                if path.exists():  # a file removed under us (a resume rewinding) is no damage
+                    self.warnings.append(
+                        f"warning: {path} is damaged ({reason(exc, limit=80)}): step {trace_step(path)} left out"
+                    )
+                return False
+        return True
 
     @property
     def steps(self) -> list[int]:
@@ -48,11 +69,11 @@ class RunTraces:
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
-        return [r for r in self.run.read_metrics() if "eval" not in r]
+        return [r for r in self._records if "eval" not in r]
 
     @cached_property
     def evals(self) -> list[dict[str, Any]]:
-        return [r for r in self.run.read_metrics() if "eval" in r]
+        return [r for r in self._records if "eval" in r]
 
     def rollout(self, step: int, rollout: int) -> tuple[dict[str, Any], pa.Table]:
         """One rollout's row and its tokens in position order."""
@@ -67,7 +88,10 @@ class RunTraces:
         return rows[0], tokens
 
     def tokenizer(self):
-        """The student's tokenizer, from the newest checkpoint or the configured model (loaded once)."""
+        """The student's tokenizer, from the newest checkpoint or the configured model (loaded once).
+
+        A live run may rotate a checkpoint away while it is read: the next one down is tried.
+        """
         if self._tokenizer is None:
             self._tokenizer = self._load_tokenizer()
         return self._tokenizer
@@ -77,9 +101,11 @@ class RunTraces:
 
         from opdctl.sources import resolve_model
 
-        latest = self.run.latest_checkpoint()
-        if latest is not None:
-            return AutoTokenizer.from_pretrained(latest[1])
+        for _, checkpoint in reversed(self.run.checkpoints()):
+            try:
+                return AutoTokenizer.from_pretrained(checkpoint)
+            except (OSError, ValueError):
+                continue
         import yaml
 
         config = yaml.safe_load(self.run.config_path.read_text())

@@ -45,23 +45,23 @@ def pick_dtype(name: str, device: torch.device, trainable: bool) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" and not trainable else torch.float32
 
 
-def load_tokenizer(kind: str, config: HFConfig) -> PreTrainedTokenizerBase:
-    source = _source(kind, config)
+def load_tokenizer(setting: str, config: HFConfig) -> PreTrainedTokenizerBase:
+    source = _source(setting, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
     except Exception as exc:
-        raise BackendError(f"{kind}.model={config.model!r}: cannot load its tokenizer ({reason(exc)})") from exc
+        raise BackendError(f"{setting}={config.model!r}: cannot load its tokenizer ({reason(exc)})") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(kind: str, config: HFConfig, trainable: bool) -> torch.nn.Module:
+def load_model(setting: str, config: HFConfig, trainable: bool) -> torch.nn.Module:
     """The model on its device, in eval mode (the trainer switches the student to train)."""
     device = pick_device(config.device)
-    source = _source(kind, config)
+    source = _source(setting, config)
     kwargs = {"attn_implementation": config.attn_implementation} if config.attn_implementation else {}
     loader = AutoModelForCausalLM
     if (Path(source) / ADAPTER_FILE).is_file():  # a LoRA checkpoint: its base model plus the adapters
@@ -77,17 +77,17 @@ def load_model(kind: str, config: HFConfig, trainable: bool) -> torch.nn.Module:
             **kwargs,
         )
     except Exception as exc:
-        raise BackendError(f"{kind}.model={config.model!r}: cannot load the model ({reason(exc)})") from exc
+        raise BackendError(f"{setting}={config.model!r}: cannot load the model ({reason(exc)})") from exc
     return model.to(device).eval()
 
 
-def _source(kind: str, config: HFConfig) -> str:
+def _source(setting: str, config: HFConfig) -> str:
     source = resolve_model(config.model)
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     found = [(Path(source).expanduser() / name).is_file() for name in ("config.json", ADAPTER_FILE)]
     if looks_local and not any(found):
         raise BackendError(
-            f"{kind}.model={config.model!r}: no Hugging Face model at {source} "
+            f"{setting}={config.model!r}: no Hugging Face model at {source} "
             "(expected a directory with config.json; give a local model directory, a .gguf file, a hub id, "
             "pkg:PACKAGE/FILE, or demo:teacher / demo:student)"
         )

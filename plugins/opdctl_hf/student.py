@@ -29,7 +29,7 @@ class LoraOptions(BaseModel):
 
     r: int = Field(16, ge=1, description="Adapter rank.")
     alpha: int = Field(32, ge=1, description="Scaling numerator (alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Adapter dropout.")
+    dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="Adapter dropout.")
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules that get adapters.")
 
 
@@ -129,8 +129,8 @@ class HFStudent:
 
     def __init__(self, config: HFStudentConfig) -> None:
         self.config = config
-        self.tokenizer = load_tokenizer("student", config)
-        self.model = with_lora(load_model("student", config, trainable=True), config)
+        self.tokenizer = load_tokenizer("student.model", config)
+        self.model = with_lora(load_model("student.model", config, trainable=True), config)
         self.device = next(self.model.parameters()).device
         self.world = World()
         self.engine = rollout_engine(config, self.model)
@@ -182,7 +182,7 @@ class HFStudent:
 
     @staticmethod
     def load_tokenizer(config: HFStudentConfig) -> PreTrainedTokenizerBase:
-        return load_tokenizer("student", config)
+        return load_tokenizer("student.model", config)
 
     def _autocast(self) -> torch.autocast:
         name = self.config.autocast

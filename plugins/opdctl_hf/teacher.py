@@ -27,10 +27,11 @@ class HFTeacher:
 
     Config = HFTeacherConfig
 
-    def __init__(self, config: HFTeacherConfig) -> None:
+    def __init__(self, config: HFTeacherConfig, setting: str = "teacher.model") -> None:
+        """``setting`` names where the model was given, for error messages (eval passes --model)."""
         self.config = config
-        self.tokenizer = load_tokenizer("teacher", config)
-        self.model = load_model("teacher", config, trainable=False)
+        self.tokenizer = load_tokenizer(setting, config)
+        self.model = load_model(setting, config, trainable=False)
         self.model.requires_grad_(False)
         self.device = next(self.model.parameters()).device
 

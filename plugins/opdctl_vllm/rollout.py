@@ -41,14 +41,20 @@ class VLLMEngineOptions(BaseModel):
     sync_dir: str = Field(
         "/tmp/opdctl-student-weights", description="vllm-server: shared directory the server reloads weights from."
     )
-    timeout: float = Field(600.0, gt=0, description="vllm-server: seconds per request.")
+    timeout: float = Field(600.0, gt=0, allow_inf_nan=False, description="vllm-server: seconds per request.")
     max_concurrency: int = Field(32, ge=1, description="vllm-server: requests in flight.")
     retries: int = Field(
         6, ge=0, description="vllm-server: retries of a failed request (connection, timeout, 429, 5xx)."
     )
-    backoff: float = Field(1.0, gt=0, description="vllm-server: first retry delay in seconds; doubles, at most 30 s.")
+    backoff: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="vllm-server: first retry delay in seconds; doubles, at most 30 s."
+    )
     gpu_memory_utilization: float = Field(
-        0.3, gt=0, le=1, description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU)."
+        0.3,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU).",
     )
     max_model_len: int | None = Field(None, ge=1, description="vllm-colocate: context for the engine.")
     enforce_eager: bool = Field(False, description="vllm-colocate: skip CUDA graphs (needed on CPU).")

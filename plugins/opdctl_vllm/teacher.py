@@ -36,7 +36,7 @@ class VLLMTeacherConfig(BackendConfig):
     model: str = Field("teacher", description="Served model name (vllm --served-model-name).")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="The server's OpenAI-compatible URL.")
     api_key_env: str = Field("OPDCTL_TEACHER_API_KEY", description="Environment variable holding the API key, if any.")
-    timeout: float = Field(600.0, gt=0, description="Seconds before one request counts as failed.")
+    timeout: float = Field(600.0, gt=0, allow_inf_nan=False, description="Seconds before one request counts as failed.")
     max_concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     sequences_per_request: int = Field(4, ge=1, description="Rollouts sent in one request.")
     logprobs: int | None = Field(
@@ -47,7 +47,9 @@ class VLLMTeacherConfig(BackendConfig):
     )
     overlap: bool = Field(True, description="Send each rollout for scoring as soon as it finishes generating.")
     retries: int = Field(6, ge=0, description="Retries of a failed request (connection error, timeout, 429, 5xx).")
-    backoff: float = Field(1.0, gt=0, description="First retry delay in seconds; doubles each retry, at most 30 s.")
+    backoff: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="First retry delay in seconds; doubles each retry, at most 30 s."
+    )
 
 
 @dataclass
