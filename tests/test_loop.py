@@ -2,10 +2,14 @@
 
 What each step does with the student's rollouts and the teacher's scores: drift weights
 and effective lengths, skipped non-finite updates, the budget, truncation accounting,
-which steps and rollouts are traced, and that every generation strategy gives the same step.
+which steps and rollouts are traced, that every generation strategy gives the same step, and
+stopping on a signal.
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +19,7 @@ from opdctl.config import validate
 from opdctl.data import PromptSet
 from opdctl.errors import RunError
 from opdctl.rundir import RunDir
+from opdctl.stopping import Stopped, StopRequest
 from opdctl.trainer import Trainer
 
 from .fakes import DRIFT_FROM, LENGTHS, TEACHER_LOGPROBS, FakeStudent, FakeTeacher
@@ -171,3 +176,38 @@ def test_no_traces_when_tracing_is_off(tmp_path):
     trainer = make_trainer(tmp_path, output={"trace_every": 0})
     trainer.train_step()
     assert trainer.run.trace_files("rollouts") == []
+
+
+def test_a_signal_during_a_step_stops_the_run_after_it_with_a_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, optim={"steps": 5})
+    generate = trainer.student.generate
+
+    def signalled_in_step_two(*args, **kwargs):
+        if len(trainer.student.limits) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return generate(*args, **kwargs)
+
+    trainer.student.generate = signalled_in_step_two
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped, match=r"stopped on SIGTERM after step 2, checkpoint saved; continue with: ") as stop:
+        trainer.fit()
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    assert trainer.state.step == 2 and [step for step, _ in trainer.run.checkpoints()] == [2]
+    assert [r["step"] for r in trainer.run.read_metrics()] == [1, 2]
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run's handler is gone with it
+
+
+class TwoProcesses:
+    """A World whose other process asked for ``other`` (a signal number or None)."""
+
+    def __init__(self, other: int | None) -> None:
+        self.other = other
+
+    def collect(self, value):
+        return [value, self.other]
+
+
+def test_every_process_stops_after_the_same_step_when_any_was_asked():
+    here = StopRequest()
+    assert not here.agreed(TwoProcesses(None))
+    assert here.agreed(TwoProcesses(signal.SIGTERM)) and here.signum == signal.SIGTERM
