@@ -100,6 +100,12 @@ class LossConfig(Section):
         "none is the plain k1 policy gradient.",
     )
     k: int = Field(16, ge=1, description="Size of the student's candidate set S_t.")
+    renormalize: bool = Field(
+        False,
+        description="topk only: the student's probabilities renormalised over S_t, so training never moves "
+        "probability from S_t into the rest of the vocabulary (false, the paper's, does so on large vocabularies: "
+        "docs/real-models.md).",
+    )
     weighting: Literal["student_p", "teacher_p", "none"] = Field(
         "student_p", description="Candidate weights w_t(v): softmax of student or teacher log-probs on S_t, or uniform."
     )

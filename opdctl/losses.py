@@ -56,18 +56,32 @@ def topk_reverse_kl(
     num_tokens: int,
     weighting: str = "student_p",
     candidates: torch.Tensor | None = None,
+    renormalize: bool = False,
 ) -> torch.Tensor:
     """Top-k estimator: L = -sum_t m_t sum_{v in S_t} r_t(v) log p_t(v), r_t(v) = -(log p - log q) w_t(v).
 
     ``student_logprobs`` and ``teacher_logprobs`` are ``[B, T, k]`` log-probs of
     the student's top-k candidates under each model; ``loss_weight`` is m_t ``[B, T]``.
     ``candidates`` (boolean ``[B, T, k]``) restricts S_t, e.g. to the ids whose
-    teacher log-prob is known exactly.
+    teacher log-prob is known exactly. With ``renormalize`` p_t is the student's
+    distribution renormalised over S_t: the loss then depends on the logits of S_t
+    only through their differences, so it never moves probability between S_t and
+    the rest of the vocabulary (the same gradient as centring r_t on its w_t-mean).
     """
     weights = candidate_weights(student_logprobs, teacher_logprobs, weighting, candidates)
+    if renormalize:
+        student_logprobs = student_logprobs - _log_mass(student_logprobs, candidates)
     reward = -(student_logprobs.detach() - teacher_logprobs) * weights
     per_token = -(reward * student_logprobs).sum(-1)
     return (per_token * loss_weight).sum() / num_tokens
+
+
+def _log_mass(logprobs: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+    """log sum_{v in S_t} p_t(v), ``[B, T, 1]``; 0 where S_t is empty."""
+    if candidates is not None:
+        logprobs = logprobs.masked_fill(~candidates, float("-inf"))
+    mass = torch.logsumexp(logprobs, dim=-1, keepdim=True)
+    return torch.where(torch.isfinite(mass), mass, torch.zeros_like(mass))
 
 
 def sampled_reverse_kl(
@@ -108,7 +122,9 @@ def topk_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
     if inputs.teacher_exact is not None and config.absent_candidates == "drop":
         candidates = QueryLayout.candidates(inputs.teacher_exact)
     student, teacher = QueryLayout.candidates(inputs.student), QueryLayout.candidates(inputs.teacher)
-    return topk_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, config.weighting, candidates)
+    return topk_reverse_kl(
+        student, teacher, inputs.loss_weight, inputs.num_tokens, config.weighting, candidates, config.renormalize
+    )
 
 
 @LOSS_ESTIMATORS.register("sampled")

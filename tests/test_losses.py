@@ -70,6 +70,61 @@ def test_topk_gradient_equals_reverse_kl_gradient_over_the_full_support():
     assert torch.allclose(grad, kl_grad, atol=1e-6)
 
 
+def test_renormalized_topk_hand_computed_value():
+    # one position, S_t = two candidates holding 0.5 and 0.3 of the student (0.2 in the tail);
+    # renormalised: 0.625 and 0.375, which are also the student_p weights
+    student = torch.tensor([[[math.log(0.5), math.log(0.3)]]])
+    teacher = torch.tensor([[[math.log(0.4), math.log(0.4)]]])
+    loss = losses.topk_reverse_kl(student, teacher, torch.ones(1, 1), 1, renormalize=True)
+    p = (0.625, 0.375)
+    expected = sum(pv * (math.log(pv) - math.log(0.4)) * math.log(pv) for pv in p)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def _topk_logit_gradient(renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient over a 6-token vocabulary of the estimator on the student's top-3."""
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 6, requires_grad=True)
+    logprobs = torch.log_softmax(logits, -1)
+    top = logprobs.topk(3, dim=-1).indices
+    teacher = torch.log_softmax(torch.randn(2, 3, 6), -1).gather(-1, top)
+    loss = losses.topk_reverse_kl(logprobs.gather(-1, top), teacher, torch.ones(2, 3), 6, renormalize=renormalize)
+    (grad,) = torch.autograd.grad(loss, logits)
+    return grad.scatter(-1, top, 0.0), grad.gather(-1, top)
+
+
+def test_renormalized_topk_never_moves_probability_between_s_t_and_the_tail():
+    tail, inside = _topk_logit_gradient(renormalize=True)
+    assert tail.abs().max() < 1e-7  # no gradient on tokens outside S_t
+    assert torch.allclose(inside.sum(-1), torch.zeros(2, 3), atol=1e-7)  # S_t's total mass unchanged to first order
+    tail, inside = _topk_logit_gradient(renormalize=False)
+    assert tail.abs().max() > 1e-3  # the paper's estimator does move it
+
+
+def test_renormalized_topk_is_the_topk_gradient_with_centred_rewards():
+    torch.manual_seed(3)
+    logits = torch.randn(1, 4, 8, requires_grad=True)
+    logprobs = torch.log_softmax(logits, -1)
+    top = logprobs.topk(4, dim=-1).indices
+    student, teacher = logprobs.gather(-1, top), torch.log_softmax(torch.randn(1, 4, 8), -1).gather(-1, top)
+    loss = losses.topk_reverse_kl(student, teacher, torch.ones(1, 4), 4, renormalize=True)
+    (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    w = torch.softmax(student.detach(), -1)
+    reward = -(student.detach() - teacher) * w
+    centred = reward - w * reward.sum(-1, keepdim=True)
+    (expected,) = torch.autograd.grad(-(centred * student).sum() / 4, logits)
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_renormalized_topk_with_no_candidate_left_is_zero():
+    student = torch.log(torch.tensor([[[0.5, 0.3]]])).requires_grad_()
+    teacher = torch.log(torch.tensor([[[0.4, 0.4]]]))
+    none = torch.zeros(1, 1, 2, dtype=torch.bool)
+    loss = losses.topk_reverse_kl(student, teacher, torch.ones(1, 1), 1, candidates=none, renormalize=True)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(student.grad) == 0
+
+
 def test_sampled_estimator_value_and_gradient():
     logits = torch.tensor([[0.0, 1.0], [2.0, 0.0]], requires_grad=True)
     sampled = torch.tensor([1, 0])
