@@ -19,13 +19,16 @@ import subprocess
 import sys
 import time
 
+CORES = str(os.cpu_count())
 SETTINGS = {
     "1 thread": {"OMP_NUM_THREADS": "1"},
-    "all cores, spin-wait (torch's default)": {"OMP_NUM_THREADS": str(os.cpu_count()), "OMP_WAIT_POLICY": "ACTIVE"},
-    "all cores, passive wait": {"OMP_NUM_THREADS": str(os.cpu_count()), "OMP_WAIT_POLICY": "PASSIVE"},
+    "all cores, spin-wait": {"OMP_NUM_THREADS": CORES, "OMP_WAIT_POLICY": "ACTIVE"},
+    "all cores, libgomp's default (spin 300k, then sleep)": {"OMP_NUM_THREADS": CORES, "GOMP_SPINCOUNT": "300000"},
+    "all cores, spin 30k, then sleep": {"OMP_NUM_THREADS": CORES, "GOMP_SPINCOUNT": "30000"},
+    "all cores, passive wait": {"OMP_NUM_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
     "opdctl's default": {},
 }
-OVERRIDDEN = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")
+OVERRIDDEN = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def workload(hidden: int, layers: int, rows: int, tokens: int) -> dict[str, float]:

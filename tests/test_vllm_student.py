@@ -14,7 +14,7 @@ from opdctl.cli import app
 from opdctl_hf import HFStudent
 
 from .conftest import read_metrics, tiny_config, write_config
-from .vllm_server import REPO, VLLMServer, unavailable, vllm_python
+from .vllm_server import REPO, VLLMServer, opdctl_vllm_python
 
 pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
 
@@ -23,16 +23,6 @@ SERVER = dict(
     extra_args=("--logprobs-mode", "raw_logprobs", "--enable-lora", "--max-lora-rank", "16"),
     extra_env={"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"},
 )
-
-
-def _opdctl_python():
-    python = vllm_python()
-    if python is None:
-        unavailable("no vLLM environment (.venv-vllm or $OPDCTL_VLLM_PYTHON)")
-    probe = subprocess.run([str(python), "-c", "import opdctl, opdctl_hf"], capture_output=True, check=False)
-    if probe.returncode:
-        unavailable("opdctl is not installed in the vLLM environment (pip install -e . there)")
-    return python
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +63,7 @@ def _one_update(student: HFStudent) -> None:
 
 
 def test_colocated_engine_matches_the_trainer_after_a_push(served_model):
-    python = _opdctl_python()
+    python = opdctl_vllm_python()
     script = REPO / "tests" / "vllm_scripts" / "colocate_parity.py"
     result = subprocess.run([str(python), str(script), str(served_model)], capture_output=True, text=True,
                             timeout=900, check=False)  # fmt: skip
@@ -150,7 +140,7 @@ def test_train_with_the_vllm_server_student(tiny_models, served_model, student_s
 
 
 def test_train_with_the_colocated_vllm_student(tiny_models, served_model, tmp_path):
-    python = _opdctl_python()
+    python = opdctl_vllm_python()
     config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3})
     config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-colocate",
                          "vllm": {"enforce_eager": True, "max_model_len": 512}}  # fmt: skip

@@ -32,6 +32,17 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def opdctl_vllm_python() -> Path:
+    """The vLLM environment's python, with opdctl installed in it (colocated rollouts run there)."""
+    python = vllm_python()
+    if python is None:
+        unavailable("no vLLM environment (.venv-vllm or $OPDCTL_VLLM_PYTHON)")
+    probe = subprocess.run([str(python), "-c", "import opdctl, opdctl_hf"], capture_output=True, check=False)
+    if probe.returncode:
+        unavailable("opdctl is not installed in the vLLM environment (pip install -e . there)")
+    return python
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
