@@ -242,6 +242,12 @@ class EvalConfig(Section):
     max_new_tokens: int | None = Field(None, ge=1, description="null means rollout.max_new_tokens.")
     max_problems: int | None = Field(None, ge=1, description="Evaluate only the first N problems.")
     teacher: bool = Field(False, description="Also evaluate the teacher once, before training (if it can generate).")
+    reverse_kl: bool = Field(
+        False,
+        description="Also log the student's reverse KL to the teacher on its own answers to the benchmark's problems "
+        "(k1 estimate per token, sampled at temperature 1 with the same seed every time): what OPD minimises, "
+        "held out.",
+    )
 
     @model_validator(mode="after")
     def _check_pass_k(self) -> EvalConfig:

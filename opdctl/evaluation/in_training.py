@@ -11,6 +11,7 @@ from typing import Any
 from opdctl.backends import Generator, Student, Teacher
 from opdctl.config import Config
 from opdctl.evaluation.benchmarks import Benchmark
+from opdctl.evaluation.divergence import held_out_reverse_kl
 from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.runner import Settings, evaluate
 from opdctl.progress import reporter
@@ -20,7 +21,8 @@ from opdctl.rundir import RunDir
 def evaluate_in_training(
     config: Config, run: RunDir, student: Student, teacher: Teacher, benchmarks: list[Benchmark], step: int, when: str
 ) -> None:
-    """Score the student (and once, if asked, the teacher) on ``eval.bench``; log to metrics.jsonl.
+    """Score the student (and once, if asked, the teacher) on ``eval.bench``, with the student's held-out
+    reverse KL to the teacher if ``eval.reverse_kl``; log to metrics.jsonl.
 
     A score already logged for this step (a resumed run's) is not computed again."""
     cfg = config.eval
@@ -39,6 +41,13 @@ def evaluate_in_training(
                     model, student.tokenizer, benchmark, settings, grader, batch_size=256, pass_k=cfg.pass_k
                 )
                 record = {"step": step, "eval": benchmark.name, "when": label, **score.to_dict()}
-                run.append_metrics(record)
                 who = "teacher" if label == "teacher" else f"student ({label})"
-                reporter().message(f"{benchmark.name}: {who} accuracy {score.accuracy:.1%} at step {step}")
+                message = f"{benchmark.name}: {who} accuracy {score.accuracy:.1%}"
+                if cfg.reverse_kl and model is student:
+                    kl, tokens = held_out_reverse_kl(
+                        student, teacher, student.tokenizer, benchmark, limit, config.seed, config.data.chat_template
+                    )
+                    record.update(reverse_kl=kl, reverse_kl_tokens=tokens)
+                    message += f", reverse KL to the teacher {kl:.3f}"
+                run.append_metrics(record)
+                reporter().message(f"{message} at step {step}")
