@@ -9,6 +9,7 @@ from opdctl.backends import Generator, Sampling, Teacher
 from opdctl.data import chat_prompt
 from opdctl.evaluation.benchmarks import Benchmark
 from opdctl.losses import reverse_kl_estimate
+from opdctl.progress import reporter
 
 BATCH = 64
 
@@ -27,11 +28,14 @@ def held_out_reverse_kl(
     at temperature 1 (the same seed at every evaluation, so before and after see the same draws)."""
     prompts = [chat_prompt(tokenizer, benchmark.prompt(problem), chat_template) for problem in benchmark.problems]
     total, count = 0.0, 0
-    for start in range(0, len(prompts), BATCH):
-        rollouts = student.generate(prompts[start : start + BATCH], Sampling(max_new_tokens, 1.0, seed=seed + start))
-        scores = teacher.score(rollouts, rollouts.response_ids.unsqueeze(-1), 1)
-        mask = rollouts.mask
-        tokens = int(mask.sum())
-        total += reverse_kl_estimate(rollouts.sampled_logprobs, scores.query_logprobs[..., 0], mask) * tokens
-        count += tokens
+    with reporter().task(f"{benchmark.name}: reverse KL", len(prompts)) as advance:
+        for start in range(0, len(prompts), BATCH):
+            batch = prompts[start : start + BATCH]
+            rollouts = student.generate(batch, Sampling(max_new_tokens, 1.0, seed=seed + start))
+            scores = teacher.score(rollouts, rollouts.response_ids.unsqueeze(-1), 1)
+            mask = rollouts.mask
+            tokens = int(mask.sum())
+            total += reverse_kl_estimate(rollouts.sampled_logprobs, scores.query_logprobs[..., 0], mask) * tokens
+            count += tokens
+            advance(len(batch), kl=f"{total / max(count, 1):.3f}")
     return (total / count if count else 0.0), count
