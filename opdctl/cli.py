@@ -477,7 +477,7 @@ def calibrate(
             console.print(f"[bold]figure[/bold] {plot}", highlight=False)
         if out is not None:
             cfg.prune.threshold = result.threshold
-            from opdctl.rundir import atomic_write
+            from opdctl.files import atomic_write
 
             atomic_write(out, cfg.to_yaml())
             console.print(f"[bold]config with prune.threshold={result.threshold:.4g}[/bold] {out}", highlight=False)
