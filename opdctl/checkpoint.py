@@ -1,9 +1,11 @@
-"""What a checkpoint holds besides the model: the trainer's state, saved and restored in one place.
+"""What a checkpoint holds besides the model: the trainer's state, and the manifest that marks it complete.
 
 A checkpoint directory has the student (Hugging Face format, written by its backend),
 ``optimizer.pt`` and ``trainer_state.json``: the step, the non-finite streak, the
 training time so far, the budget, the learning-rate scheduler and both RNGs, so a
-resumed run continues exactly where the uninterrupted one would have.
+resumed run continues exactly where the uninterrupted one would have. Its
+``manifest.json`` (every file and its size, written last) tells a complete checkpoint
+from one that a crash or a full disk cut short.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from typing import Any
 import torch
 
 from opdctl.budget import BudgetState
+from opdctl.files import atomic_write
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+MANIFEST_FILE = "manifest.json"
+LEGACY_CHECKPOINT_FILES = (STATE_FILE, OPTIMIZER_FILE)  # checkpoints written before manifests
 
 
 @dataclass
@@ -58,3 +63,28 @@ class TrainerState:
             nonfinite_streak=state["nonfinite_streak"],
             elapsed=state["elapsed"],
         )
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` is not complete (a file missing or cut short), or None if it is."""
+    manifest = path / MANIFEST_FILE
+    if not manifest.is_file():
+        missing = [name for name in LEGACY_CHECKPOINT_FILES if not (path / name).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is damaged"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, not the {size} written"
+    return None
+
+
+def write_manifest(directory: Path) -> None:
+    """List every file of a checkpoint with its size (written last: its presence marks the checkpoint whole)."""
+    files = {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()}
+    atomic_write(directory / MANIFEST_FILE, json.dumps({"files": files}, indent=1) + "\n")

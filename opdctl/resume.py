@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from opdctl.checkpoint import STATE_FILE
+from opdctl.checkpoint import STATE_FILE, checkpoint_problem
 from opdctl.errors import RunError, reason
 from opdctl.progress import reporter
-from opdctl.rundir import RunDir, checkpoint_problem
+from opdctl.rundir import RunDir
 
 
 def resume_checkpoint(run: RunDir, steps: int) -> tuple[int, Path] | None:

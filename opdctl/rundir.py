@@ -1,4 +1,4 @@
-"""The run directory: its layout, atomic writes, metrics, traces and checkpoints.
+"""The run directory: its layout, metrics, traces and checkpoints.
 
     RUN_DIR/
       config.yaml              the resolved config
@@ -10,284 +10,41 @@
       .opdctl.lock             held (flock) by the one process that writes the run
 
 Every file appears whole or not at all: it is written beside its final name
-and renamed into place; checkpoints are complete directories renamed likewise,
-and their manifest (every file and its size, written last) tells a complete
-checkpoint from a damaged one. A line of metrics.jsonl that does not parse is
-skipped by readers, never taken for data, and never costs the lines after it.
+and renamed into place (:mod:`opdctl.files`); checkpoints are complete directories
+renamed likewise, and their manifest (every file and its size, written last) tells a
+complete checkpoint from a damaged one (:mod:`opdctl.checkpoint`). A line of
+metrics.jsonl that does not parse is skipped by readers, never taken for data, and
+never costs the lines after it (:mod:`opdctl.jsonl`). The lock and the checks of an
+output place are :mod:`opdctl.ownership`.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from opdctl.checkpoint import OPTIMIZER_FILE, STATE_FILE
+from opdctl.checkpoint import checkpoint_problem, write_manifest
 from opdctl.errors import RunError
+from opdctl.files import append_line, atomic_directory, atomic_write, disk_full
+from opdctl.jsonl import MetricsScan, scan_jsonl
+from opdctl.ownership import LOCK_FILE, DirLock, check_output, directory_kind
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
 TRACE_PATTERN = re.compile(r"^step_(\d{6,})\.parquet$")
-LOCK_FILE = ".opdctl.lock"
-MANIFEST_FILE = "manifest.json"
-LEGACY_CHECKPOINT_FILES = (STATE_FILE, OPTIMIZER_FILE)  # checkpoints written before manifests
-RUN_MARKERS = ("metrics.jsonl", "checkpoints", "traces", LOCK_FILE)  # with config.yaml: a run directory
-EVAL_MARKERS = ("settings.json", "responses.jsonl")  # an evaluation's output directory
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
-
-
-def disk_full(path: Path, margin: int = 1 << 20) -> bool:
-    """Whether the file system holding ``path`` has less than ``margin`` bytes free."""
-    try:
-        return shutil.disk_usage(path).free < margin
-    except OSError:
-        return False
-
-
-def write_failure(exc: OSError, fallback: Path, resume: str) -> str | None:
-    """One line for a failed write (full disk, quota, read-only): the file, the cause, how to go on; else None."""
-    if exc.errno not in WRITE_ERRORS:
-        return None
-    return f"cannot write {exc.filename or fallback}: {exc.strerror}; make room, then continue with {resume}"
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        _name_file(exc, path)
-        raise
-
-
-def _name_file(exc: BaseException, path: Path) -> None:
-    """Let a failed write's error name the file it was writing (a full disk's ENOSPC does not)."""
-    if isinstance(exc, OSError) and exc.filename is None:
-        exc.filename = str(path)
-
-
-@contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """A staging directory that becomes ``path`` only if the block finishes."""
-    staging = path.with_name(f".{path.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        yield staging
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        _name_file(exc, path)
-        raise
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(staging, path)
 
 
 def step_name(step: int) -> str:
     return f"step_{step:06d}"
-
-
-class DirLock:
-    """An OS lock (``flock``) on ``DIR/.opdctl.lock``: one live process owns the directory.
-
-    The kernel releases it when the process ends, however it ends, so a killed run can
-    be resumed at once. The file names its holder (PID and command) for the refusal.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> DirLock:
-        """Take the lock, or raise a one-line error naming the process that holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            error = self._in_use(fd)
-            os.close(fd)
-            raise error from None
-        self._fd = fd
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} ({_command()})\n".encode(), 0)
-        except OSError:  # a full disk: the lock holds, only its label is missing
-            pass
-        return self
-
-    def refuse_if_held(self) -> None:
-        """Raise the in-use error if another process holds the lock; writes nothing."""
-        if self.held or not self.path.is_file():
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise self._in_use(fd) from None
-        finally:
-            os.close(fd)
-
-    def _in_use(self, fd: int) -> RunError:
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-        pid = holder.split(maxsplit=1)[0]
-        return RunError(
-            f"{self.directory} is in use by process {holder}: wait for it to end (or stop it: kill {pid}), then retry"
-        )
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-
-def _command() -> str:
-    """This process's command line, short (``opdctl train --resume runs/x``)."""
-    argv = [Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]
-    if argv[0] in ("__main__.py", "-m"):
-        argv[0] = "opdctl"
-    text = " ".join(argv)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def directory_kind(path: Path) -> str | None:
-    """'run' for a training run's directory, 'evaluation' for an evaluation's output, else None."""
-    path = Path(path)
-    if (path / "config.yaml").is_file() and any((path / marker).exists() for marker in RUN_MARKERS):
-        return "run"
-    if any((path / marker).is_file() for marker in EVAL_MARKERS):
-        return "evaluation"
-    return None
-
-
-def check_output(path: Path, kind: str, flag: str) -> None:
-    """Refuse an output location that cannot hold a new ``kind`` ('run' or 'evaluation') before anything loads.
-
-    Refused: a file, a place inside a run or an evaluation, a directory of the other kind,
-    and a place this user cannot create or write. ``flag`` names the setting to change.
-    """
-    path = Path(path).expanduser()
-    for parent in path.absolute().parents:
-        found = directory_kind(parent)
-        if found:
-            raise RunError(f"{path} is inside the {found} directory {parent}: choose a place outside it with {flag}")
-    if path.exists() and not path.is_dir():
-        raise RunError(f"{path} is a file, not a directory: choose another {flag}")
-    found = directory_kind(path) if path.is_dir() else None
-    if found and found != kind:
-        hint = "opdctl train --resume" if found == "run" else "opdctl eval --output"
-        raise RunError(f"{path} is an {found} directory (written by {hint}), not an {kind}'s: choose another {flag}")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise RunError(f"cannot create {path}: {existing} is a file: choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write to {existing} (permission denied or read-only): choose another {flag}")
-
-
-@dataclass
-class MetricsScan:
-    """What metrics.jsonl holds: its records, and the lines that are not records."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    damaged: list[tuple[int, str]] = field(default_factory=list)  # (1-based line number, text)
-    torn: bool = False  # the last line was cut short (a crash while it was appended)
-
-    def note(self, path: Path) -> str | None:
-        """A one-line warning about damaged lines, or None."""
-        if not self.damaged:
-            return None
-        lines = ", ".join(str(n) for n, _ in self.damaged[:5]) + (" ..." if len(self.damaged) > 5 else "")
-        plural = "s" if len(self.damaged) > 1 else ""
-        return f"warning: {path} line{plural} {lines}: not a JSON record, skipped"
-
-
-def scan_jsonl(path: Path) -> MetricsScan:
-    """Every JSON-object line of ``path``; a damaged line is skipped and listed, never the lines after it."""
-    scan = MetricsScan()
-    if not path.is_file():
-        return scan
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    last = len(lines) - 1  # the text after the final newline: empty unless a crash cut the line short
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            scan.records.append(record)
-        elif number - 1 == last:
-            scan.torn = True
-        else:
-            scan.damaged.append((number, line))
-    return scan
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append ``line`` and make it durable; a line cut short before it is ended first, so it cannot glue onto it."""
-    try:
-        with open(path, "a+b") as handle:
-            if handle.tell() > 0:
-                handle.seek(-1, os.SEEK_END)
-                if handle.read(1) != b"\n":
-                    handle.write(b"\n")
-            handle.write(line.encode() + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        _name_file(exc, path)
-        raise
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint at ``path`` is not complete (a file missing or cut short), or None if it is."""
-    manifest = path / MANIFEST_FILE
-    if not manifest.is_file():
-        missing = [name for name in LEGACY_CHECKPOINT_FILES if not (path / name).is_file()]
-        return f"{missing[0]} is missing" if missing else None
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return f"{MANIFEST_FILE} is damaged"
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, not the {size} written"
-    return None
-
-
-def write_manifest(directory: Path) -> None:
-    """List every file of a checkpoint with its size (written last: its presence marks the checkpoint whole)."""
-    files = {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()}
-    atomic_write(directory / MANIFEST_FILE, json.dumps({"files": files}, indent=1) + "\n")
 
 
 class RunDir:

@@ -30,8 +30,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from opdctl.errors import ConfigError, RunError, reason
+from opdctl.files import atomic_write
 from opdctl.progress import reporter
-from opdctl.rundir import RunDir, atomic_write, step_name
+from opdctl.rundir import RunDir, step_name
 
 GROUP = "opdctl.trackers"
 STATE_FILE = "trackers.json"

@@ -35,11 +35,12 @@ from opdctl.drift import measure_drift
 from opdctl.errors import BackendError, RunError
 from opdctl.evaluation.benchmarks import Benchmark
 from opdctl.evaluation.in_training import evaluate_in_training
+from opdctl.files import write_failure
 from opdctl.generation import generate_and_score, now
 from opdctl.losses import advantage_sum, opd_loss
 from opdctl.outcome import StepOutcome, summarize_run
 from opdctl.progress import reporter
-from opdctl.rundir import RunDir, write_failure
+from opdctl.rundir import RunDir
 from opdctl.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.traces import trace_tables
 from opdctl.trackers import Trackers

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from opdctl.errors import ConfigError
+from opdctl.files import append_line, atomic_write
+from opdctl.jsonl import scan_jsonl
+from opdctl.ownership import DirLock, check_output
 from opdctl.progress import reporter
-from opdctl.rundir import DirLock, append_line, atomic_write, check_output, scan_jsonl
 
 Row = dict[str, Any]
 

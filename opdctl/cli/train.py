@@ -1,0 +1,80 @@
+"""`opdctl train` and `opdctl config`: run a distillation, show the resolved config."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from opdctl.cli.common import ConfigOption, DebugOption, Overrides, quiet_libraries, run_command
+from opdctl.errors import OpdctlError
+
+
+def train(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Distil the student from the teacher with Prune-OPD.
+
+    Without a config this runs the embedded demo: tiny local models on a synthetic
+    arithmetic task (the models are trained once and cached).
+
+    Examples:
+
+        opdctl train
+
+        opdctl train -c examples/qwen3-4b.yaml optim.steps=50
+
+        opdctl train --resume runs/20260101-120000
+    """
+    from opdctl.config import load_config
+    from opdctl.console import console, stdout, summary_table
+    from opdctl.progress import reporting_to
+    from opdctl.start import resumed_config, start_run
+    from opdctl.stopping import sigterm_interrupts
+
+    def action() -> None:
+        quiet_libraries()
+        if resume is not None and config is not None:
+            raise OpdctlError("--resume uses the run's own config.yaml: drop -c (overrides are still allowed)")
+        cfg = resumed_config(resume, overrides or []) if resume else load_config(config, overrides or [])
+        from opdctl.console import RichReporter
+        from opdctl.progress import LogReporter
+
+        main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 speaks for all
+        with reporting_to(RichReporter() if main else LogReporter()):
+            with sigterm_interrupts():  # a run still loading stops cleanly on SIGTERM too
+                trainer = start_run(cfg, resume)
+            if main:
+                console.print(f"[bold]run directory[/bold] {trainer.run.path}")
+            summary = trainer.fit()
+        if main:
+            stdout.print(summary_table(summary))
+
+    run_command(debug, action)
+
+
+def show_config(
+    overrides: Overrides = None,
+    config: ConfigOption = None,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Print every key with its default, as Markdown.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Print the resolved config (file or demo, plus overrides) as YAML, or the key reference."""
+    from opdctl.config import load_config
+    from opdctl.reference import reference_markdown
+
+    def action() -> None:
+        text = reference_markdown() if reference else load_config(config, overrides or []).to_yaml()
+        sys.stdout.write(text)
+
+    run_command(debug, action)
