@@ -377,7 +377,7 @@ def test_in_training_held_out_reverse_kl_is_logged_and_summarised(tiny_models, t
     assert result.exit_code == 0, result.output
     before, after = [r for r in read_metrics(tmp_path / "run") if "eval" in r]
     assert before["reverse_kl"] > 0 and before["reverse_kl_tokens"] > 0
-    assert after["reverse_kl"] == pytest.approx(before["reverse_kl"])  # no learning and the same draws: the same estimate
+    assert after["reverse_kl"] == pytest.approx(before["reverse_kl"])  # same draws, no learning
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["eval_reverse_kl"]["held"] == {"before": before["reverse_kl"], "after": after["reverse_kl"]}
     assert "student reverse KL to the teacher on held" in result.output
