@@ -7,8 +7,8 @@ after training, outside the timed part, two ways: the exact (full-vocabulary) re
 the student to the teacher on the student's own answers to held-out word problems, and
 greedy accuracy on held-out word problems.
 
-    python benchmarks/real_model.py -c examples/smollm2-135m.yaml --seeds 0 1 2 --steps 12 \\
-        --threshold 0.93 --out results.json
+    python benchmarks/real_model.py -c examples/smollm2-135m.yaml --seeds 0 1 2 --steps 5 --problems 16 \\
+        --threshold 0.471 --set student.model=models/smollm2-student --out results.json
 
 ``--threshold`` is the calibrated value of ``--metric`` (``opdctl calibrate``).
 """
