@@ -179,7 +179,12 @@ class OptimConfig(Section):
     steps: int = Field(203, ge=1, description="Training steps (optimizer updates).")
     prompts_per_step: int = Field(64, ge=1, description="Prompts per step; rollouts per step = this * rollout.n.")
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False, description="Max gradient norm; null disables.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches the step's rollouts are split into for backward.")
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches for backward hold at most ceil(rollouts per process / grad_accum) rows (memory); "
+        "rows are also split by length wherever that saves padding (same gradient).",
+    )
     weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up from 0 over this many steps.")

@@ -26,6 +26,7 @@ import torch
 from transformers import get_scheduler
 
 from opdctl.backends import QueryLayout, Rollouts, Sampling, Student, Teacher, TeacherScores
+from opdctl.batching import length_groups, split_to
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
 from opdctl.checkpoint import OPTIMIZER_FILE, TrainerState
 from opdctl.config import Config
@@ -279,6 +280,7 @@ class Trainer:
         total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
         mean_advantage = self.mean_advantage(rollouts, scores)
         groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
+        groups = split_to(groups, max(world.collect(len(groups))))  # the same number in every process
         for number, rows in enumerate(groups):
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
@@ -354,14 +356,6 @@ class Trainer:
         summary = summarize_run(scan.records, str(self.run.path), self.state.step, self.state.elapsed)
         self.run.write_summary(summary)
         return summary
-
-
-def length_groups(lengths: torch.Tensor, count: int) -> list[list[int]]:
-    """Row indices in ``count`` micro-batches of similar length (shortest first), so each pads only to its own
-    longest row; the loss is a token sum over the step, so the gradient is the same as one batch's."""
-    order = sorted(range(len(lengths)), key=lambda row: (int(lengths[row]), row))
-    size = math.ceil(len(order) / count)
-    return [order[start : start + size] for start in range(0, len(order), size)]
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -257,13 +257,14 @@ def test_console_script_runs(tiny_models, tmp_path):
 def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, tmp_path, estimator):
     """The update over length-grouped micro-batches equals one whole-batch update (loss, parameters)."""
     from opdctl.backends import Sampling
+    from opdctl.batching import length_groups
     from opdctl.config import validate
     from opdctl.data import PromptSet
     from opdctl.demo.models import prompt_ids
     from opdctl.demo.task import held_out
     from opdctl.demo.tokenizer import build_tokenizer
     from opdctl.drift import measure_drift
-    from opdctl.trainer import Trainer, length_groups
+    from opdctl.trainer import Trainer
     from opdctl_hf import HFStudent, HFTeacher
 
     prompts = [prompt_ids(build_tokenizer(), p) for p in held_out(9)]
