@@ -211,6 +211,9 @@ class Teacher(Protocol):
     """
 
     Config: ClassVar[type[BackendConfig]]
+    rescores_prefix: ClassVar[bool]
+    """True if its :meth:`stream` scores every chunk from the rollout's start again (a server that cannot reuse
+    its cache for prompt log-probs): truncation on drift then costs a whole prefix per check."""
 
     def check(self, tokenizer: PreTrainedTokenizerBase, drift_k: int, loss_k: int) -> dict[str, str]:
         """Verify the teacher can serve a run: the student's tokenizer, the drift metric's top-k size

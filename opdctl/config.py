@@ -78,8 +78,16 @@ class RolloutConfig(Section):
     chunk_tokens: int = Field(
         64,
         ge=1,
-        description="With truncate_on_drift: the most tokens generated between two checks (chunks shrink as a "
-        "rollout nears its stop, so none is generated past it).",
+        description="With truncate_on_drift and exact chunking: the most tokens generated between two checks "
+        "(chunks shrink as a rollout nears its stop, so none is generated past it); with predicted chunking: "
+        "the shortest chunk while no rollout has a bad event.",
+    )
+    chunking: Literal["auto", "exact", "predicted"] = Field(
+        "auto",
+        description="With truncate_on_drift: exact (chunks shrink so no token is generated past a stop), predicted "
+        "(the next check where the first rollout is expected to stop at its bad-event rate so far: fewer checks, "
+        "a few tokens discarded), auto (exact; with a teacher that re-scores the whole prefix at every check, "
+        "such as vLLM, no truncation: scored once after generation, measured cheaper on CPU).",
     )
     logprob_tolerance: float = Field(
         0.01,

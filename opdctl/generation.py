@@ -1,7 +1,7 @@
 """How a step's rollouts are generated and scored: three strategies with one result, :class:`Generation`.
 
-* monitored (``rollout.truncate_on_drift``): the teacher scores chunks while they are
-  generated and drifted rollouts stop early (:mod:`opdctl.monitor`);
+* monitored (``rollout.truncate_on_drift``, see :func:`truncates`): the teacher scores
+  chunks while they are generated and drifted rollouts stop early (:mod:`opdctl.monitor`);
 * overlapped (an :class:`~opdctl.backends.OverlappedScoring` teacher whose
   ``overlaps_generation`` is set): each rollout goes to the teacher as soon as it finishes;
 * sequential: generate the whole batch, then score it.
@@ -36,11 +36,20 @@ def generate_and_score(
     config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
 ) -> Generation:
     """Rollouts of ``prompts`` and their teacher scores, by the strategy the config and the teacher allow."""
-    if config.rollout.truncate_on_drift:
+    if truncates(config, teacher):
         return monitored(config, student, teacher, prompts, sampling)
     if isinstance(teacher, OverlappedScoring) and teacher.overlaps_generation:
         return overlapped(config, student, teacher, prompts, sampling)
     return sequential(config, student, teacher, prompts, sampling)
+
+
+def truncates(config: Config, teacher: Teacher) -> bool:
+    """Whether rollouts are truncated on drift: as configured, except with ``rollout.chunking=auto`` and a teacher
+    that re-scores the whole prefix at every check (vLLM), where scoring once after generation was measured
+    cheaper (docs/benchmarks.md, "Truncation with a served teacher")."""
+    rollout = config.rollout
+    rescores = getattr(teacher, "rescores_prefix", False)  # plugins written before the attribute do not
+    return rollout.truncate_on_drift and not (rescores and rollout.chunking == "auto")
 
 
 def monitored(

@@ -4,10 +4,14 @@ After each chunk of decode steps the monitor sends the new tokens of the running
 rollouts to the teacher's stream, updates each rollout's bad-event count with the same
 functions the loss uses, and stops a rollout at the first position where its weight w_t
 falls to ``prune.stop_weight``: it keeps the tokens up to and including that position.
-A chunk is ``rollout.chunk_tokens`` long at most, and never longer than the fewest bad
-events any running rollout still needs to reach the stop: no rollout can reach its stop
-before the chunk ends, so none generates a token past it. The scores gathered chunk
-by chunk are the step's teacher scores, so kept tokens get exactly the weights full
+Chunks are exact or predicted (``rollout.chunking``). An exact chunk is ``rollout.chunk_tokens``
+long at most, and never longer than the fewest bad events any running rollout still needs
+to reach the stop: no rollout can reach its stop before the chunk ends, so none generates
+a token past it. A predicted chunk ends where the first running rollout is expected to stop
+at its bad-event rate so far (never sooner than the exact length; as long as the response
+so far while no rollout has a bad event): far fewer checks, for teachers whose checks are
+dear, at the price of a few tokens generated past a stop and discarded. The scores gathered
+chunk by chunk are the step's teacher scores, so kept tokens get exactly the weights full
 generation, full scoring and a cut would give.
 """
 
@@ -30,8 +34,9 @@ class DriftMonitor:
         self.inexact = False
         self.seconds = 0.0  # spent in observe() outside the teacher: the monitor's own overhead
         self.longest_chunk = config.rollout.chunk_tokens
+        self.predicting = config.rollout.chunking == "predicted"
         self.to_stop = bad_events_to_stop(config.prune.w_drop, config.prune.stop_weight)
-        self.chunk_tokens = self._next_chunk(torch.zeros(1, dtype=torch.long))
+        self.chunk_tokens = self._next_chunk(torch.zeros(1, dtype=torch.long), generated=0)
         self.checks = 0  # chunks observed
         k = config.prune_k
         self.topk_ids = torch.zeros((batch, max_len, k), dtype=torch.long)
@@ -60,16 +65,13 @@ class DriftMonitor:
         spent = (judged.weights.weight <= cfg.prune.stop_weight) & valid
         stops = {row: chunk.start + int(spent[i].int().argmax()) for i, row in enumerate(chunk.rows) if spent[i].any()}
         running = (new == width) & ~spent.any(-1)
-        self.chunk_tokens = self._next_chunk(self.bad_so_far[rows[running]])
+        self.chunk_tokens = self._next_chunk(self.bad_so_far[rows[running]], generated=chunk.start + width)
         self.checks += 1
         self.seconds += time.perf_counter() - started
         return stops
 
-    def _next_chunk(self, bad_so_far: torch.Tensor) -> int:
-        """Decode steps until the next check: as many as the rollout closest to its stop needs at least."""
-        if self.to_stop is None or not bad_so_far.numel():
-            return self.longest_chunk
-        return max(1, min(self.longest_chunk, self.to_stop - int(bad_so_far.max())))
+    def _next_chunk(self, bad_so_far: torch.Tensor, generated: int) -> int:
+        return next_chunk(bad_so_far, generated, self.to_stop, self.longest_chunk, self.predicting)
 
     def _store(self, rows: torch.Tensor, start: int, width: int, scores: TeacherScores) -> None:
         span = slice(start, start + width)
@@ -91,3 +93,19 @@ class DriftMonitor:
 
     def close(self) -> None:
         self.stream.close()
+
+
+def next_chunk(bad_so_far: torch.Tensor, generated: int, to_stop: int | None, longest: int, predicting: bool) -> int:
+    """Decode steps until the next check, given the running rollouts' bad events after ``generated`` tokens:
+    as many as the rollout closest to its stop (``to_stop`` bad events) needs at least, at most ``longest``
+    (exact), or as many as it needs at its bad-event rate so far (predicted)."""
+    if to_stop is None or not bad_so_far.numel():
+        return longest
+    fewest = max(1, to_stop - int(bad_so_far.max()))
+    if not predicting:
+        return min(longest, fewest)
+    heading = bad_so_far[bad_so_far > 0].float()  # rollouts with a bad event so far
+    if not heading.numel():
+        return max(fewest, longest, generated)
+    expected = ((to_stop - heading) * generated / heading).ceil()  # at each one's rate so far
+    return max(fewest, int(expected.min()))

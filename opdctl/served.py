@@ -100,12 +100,15 @@ class PrefixStream:
 
     For servers that do not reuse their prefix cache when asked for prompt log-probs
     (vLLM): every chunk re-scores the rollout from its start, so the cost grows with the
-    square of the length divided by ``rollout.chunk_tokens``.
+    square of the length divided by the chunk length (under ``rollout.chunking=auto`` such a
+    teacher is not streamed at all: :func:`opdctl.generation.truncates`). ``positions_scored``
+    counts every position the server computed, prefixes again included.
     """
 
     def __init__(self, score: Callable[[Rollouts, torch.Tensor, int], TeacherScores], prompts: list[list[int]]) -> None:
         self.score = score
         self.prefixes = [list(p) for p in prompts]
+        self.positions_scored = 0
 
     def extend(
         self, rows: list[int], tokens: torch.Tensor, lengths: torch.Tensor, query_ids: torch.Tensor, top_k: int
@@ -121,6 +124,7 @@ class PrefixStream:
             finish_reasons=[""] * len(rows),
         )
         scores = self.score(chunk, query_ids, top_k)
+        self.positions_scored += sum(len(self.prefixes[row]) for row in rows) + int(lengths.sum())
         for row, new in zip(rows, chunk.responses(), strict=True):
             self.prefixes[row] = self.prefixes[row] + new
         return scores

@@ -17,6 +17,7 @@ from opdctl.data import PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
 from opdctl.errors import BackendError, ConfigError, OpdctlError, RunError
 from opdctl.evaluation.benchmarks import load_benchmarks
+from opdctl.generation import truncates
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
 from opdctl.resume import finished_note, resume_checkpoint, unloadable
@@ -131,6 +132,12 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
         if latest and student_model in str(exc):
             raise unloadable(latest[1], exc) from exc
         raise
+    if config.rollout.truncate_on_drift and not truncates(config, teacher) and world.main:
+        reporter().message(
+            "note: no truncation on drift with this teacher: it re-scores every rollout from its start at each "
+            "check, measured slower than scoring once (docs/benchmarks.md); rollout.chunking=exact or predicted "
+            "truncates anyway"
+        )
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)
     benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []

@@ -138,6 +138,7 @@ class FakeTeacher:
 
     broken: bool = False
     overlaps_generation: bool = False
+    rescores_prefix: bool = False
     scored_rows: list[int] = field(default_factory=list)  # how many rows each score/submit call got
 
     def scores(self, prompts: list[list[int]], start: int | list[int], query_ids: torch.Tensor, top_k: int):

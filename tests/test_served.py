@@ -82,3 +82,4 @@ def test_each_chunk_is_scored_after_everything_before_it():
     stream.extend([0], torch.tensor([[4]]), torch.tensor([1]), torch.tensor([[[7, 8, 4]]]), 1)
     assert seen[0] == ([[1, 2], [3]], [[5, 6], [9]], [[[7, 8], [7, 8]], [[7, 8], [0, 0]]])
     assert seen[1][:2] == ([[1, 2, 5, 6]], [[4]])
+    assert stream.positions_scored == (2 + 2) + (1 + 1) + (4 + 1)  # every prefix is computed again

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opdctl.backends import Rollouts, Sampling
+from opdctl.backends import GeneratedChunk, Rollouts, Sampling
 from opdctl.cli import app
 from opdctl.config import validate
 from opdctl.demo.models import prompt_ids
@@ -35,9 +35,12 @@ def _cut(rollouts: Rollouts, lengths: torch.Tensor) -> Rollouts:
     return cut.select(list(range(len(cut))))
 
 
-@pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 5, 16])
-def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tiny_models, chunk):
-    config = validate({**SETTINGS, "rollout": {**SETTINGS["rollout"], "chunk_tokens": chunk}})
+@pytest.mark.parametrize(
+    ("chunk", "chunking"),
+    [pytest.param(1, "exact", marks=pytest.mark.slow), (5, "exact"), (16, "exact"), (5, "predicted")],
+)
+def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tiny_models, chunk, chunking):
+    config = validate({**SETTINGS, "rollout": {**SETTINGS["rollout"], "chunk_tokens": chunk, "chunking": chunking}})
     student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
     teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"]), logprob_chunk=7))
     sampling = Sampling(40, temperature=1.0, record_topk=4, seed=3)
@@ -47,7 +50,8 @@ def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tin
     streamed = monitor.scores(truncated.response_ids.shape[1])
     reasons = truncated.finish_reasons
     assert "drift" in reasons and len(set(reasons)) > 1, reasons
-    assert torch.equal(monitor.scored, truncated.lengths)  # nothing generated past a stop
+    if chunking == "exact":
+        assert torch.equal(monitor.scored, truncated.lengths)  # nothing generated past a stop
 
     full = student.generate(PROMPTS, sampling)
     full_scores = teacher.score(full, full.query_ids(), 2)  # the whole rollouts, then cut
@@ -119,3 +123,70 @@ def test_plain_opd_turns_truncation_off():
     """Truncation stops on Prune-OPD's weights; prune.enable=false (plain OPD) has none, so it is off."""
     assert not validate({"rollout": {"truncate_on_drift": True}, "prune": {"enable": False}}).rollout.truncate_on_drift
     assert validate({"rollout": {"truncate_on_drift": True}}).rollout.truncate_on_drift
+
+
+class _Stream:
+    """A teacher stream that records each chunk's length; its top-k agrees with the student's (no drift) or never
+    does (every token a bad event)."""
+
+    def __init__(self, agree: bool) -> None:
+        self.agree, self.widths = agree, []
+
+    def extend(self, rows, tokens, lengths, query_ids, top_k):
+        from opdctl.backends import QueryLayout, TeacherScores
+
+        self.widths.append(tokens.shape[1])
+        ids = QueryLayout.candidates(query_ids)[..., :top_k] if self.agree else torch.full((*tokens.shape, top_k), 99)
+        return TeacherScores(ids, torch.zeros(ids.shape), torch.zeros(query_ids.shape))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("chunking", "agree", "widths", "stop"),
+    [
+        ("exact", False, [5] * 20, 99),  # 100 bad events to the stop, at most 5 tokens between checks
+        ("auto", False, [5] * 20, 99),
+        ("predicted", False, [100], 99),  # no stop can come before 100 tokens; every token is bad
+        ("predicted", True, [100, 15], None),  # no bad event: no check before a stop could come
+    ],
+)
+def test_checks_come_where_a_stop_can_or_is_expected_to_happen(chunking, agree, widths, stop):
+    config = validate(
+        {
+            **SETTINGS,
+            "prune": {**SETTINGS["prune"], "w_drop": 0.01},
+            "rollout": {**SETTINGS["rollout"], "max_new_tokens": 115, "chunking": chunking},
+        }
+    )
+    stream = _Stream(agree)
+    monitor = DriftMonitor(config, stream, 2, 115, 5)
+    topk = torch.arange(4).repeat(2, 115, 1)  # the student's top-4 ids at every position
+    start, stops = 0, {}
+    while start < 115 and not stops:
+        end = min(115, start + monitor.chunk_tokens)
+        chunk = GeneratedChunk(
+            rows=[0, 1],
+            start=start,
+            lengths=torch.tensor([end, end]),
+            tokens=topk[:, start:end, 0],
+            topk_ids=topk[:, start:end],
+            topk_logprobs=torch.full((2, end - start, 4), -1.0),
+        )
+        stops, start = monitor.observe(chunk), end
+    assert stream.widths == widths
+    assert stops == ({0: stop, 1: stop} if stop is not None else {})
+
+
+def test_a_teacher_that_rescores_its_prefix_is_not_streamed_unless_asked():
+    from opdctl.generation import truncates
+
+    from .fakes import FakeTeacher
+
+    served, local = FakeTeacher(rescores_prefix=True), FakeTeacher()
+    config = validate({"rollout": {"truncate_on_drift": True}})
+    assert truncates(config, local) and not truncates(config, served)
+    for chunking in ("exact", "predicted"):
+        assert truncates(validate({"rollout": {"truncate_on_drift": True, "chunking": chunking}}), served)
+    assert not truncates(validate({"rollout": {"truncate_on_drift": False, "chunking": "exact"}}), local)

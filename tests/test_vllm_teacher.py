@@ -146,6 +146,25 @@ def test_train_with_the_vllm_teacher(tiny_models, vllm_server, tmp_path):
     assert len(steps) == 4 and all(r["tokens_scored"] > 0 for r in steps)
 
 
+def test_a_vllm_teacher_is_not_streamed_unless_asked(tiny_models, vllm_server, tmp_path):
+    """Truncation re-scores whole prefixes through vLLM: under chunking=auto the run scores once and says so."""
+    stops = {}
+    for chunking in ("auto", "predicted"):
+        config = tiny_config(tiny_models, tmp_path / chunking, optim={"steps": 2})
+        config.update(
+            teacher=vllm_section(vllm_server),
+            loss={"k": 4},
+            prune={"k": 2, "threshold": 0.5, "w_drop": 0.5},
+            rollout={"max_new_tokens": 40, "truncate_on_drift": True, "chunk_tokens": 6, "chunking": chunking},
+            budget={"enable": False},
+        )
+        result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / f"{chunking}.yaml", config))])
+        assert result.exit_code == 0, result.output
+        assert ("no truncation on drift with this teacher" in result.output) == (chunking == "auto")
+        stops[chunking] = sum(r["finish_drift"] for r in read_metrics(tmp_path / chunking) if "eval" not in r)
+    assert stops == {"auto": 0, "predicted": stops["predicted"]} and stops["predicted"] > 0
+
+
 def test_server_killed_mid_run_then_resume(tiny_models, served_model, tmp_path):
     server = VLLMServer(served_model, tmp_path / "server.log").start()
     try:

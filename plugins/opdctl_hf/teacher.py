@@ -26,6 +26,7 @@ class HFTeacher:
     """Scores rollouts with a local causal LM, in row batches and bounded log-softmax chunks."""
 
     Config = HFTeacherConfig
+    rescores_prefix = False  # its stream keeps the teacher's KV cache between chunks
 
     def __init__(self, config: HFTeacherConfig, setting: str = "teacher.model") -> None:
         """``setting`` names where the model was given, for error messages (eval passes --model)."""

@@ -75,6 +75,7 @@ class VLLMTeacher:
     """Scores rollouts through a vLLM server, several sequences per request, requests in parallel."""
 
     Config = VLLMTeacherConfig
+    rescores_prefix = True  # prompt log-probs bypass vLLM's prefix cache
 
     def __init__(self, config: VLLMTeacherConfig) -> None:
         self.config = config
