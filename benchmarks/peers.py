@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from opdctl.config import Config, load_config  # first: opdctl sets thread defaults before torch loads
+from opdctl.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 OPDCTL_ARMS = {
@@ -133,8 +134,6 @@ def run_arm(name: str, seed: int, args: argparse.Namespace, trl_python: Path | N
     if name == TRL:
         config = load_config(args.config, [*common, *OPDCTL_ARMS["opdctl plain OPD"]])
         texts, ids = step_prompts(config)
-        from opdctl.demo import resolve_model
-
         o = config.optim
         job = {
             "student": resolve_model(config.student.model),
@@ -165,7 +164,7 @@ def run_arm(name: str, seed: int, args: argparse.Namespace, trl_python: Path | N
 
 def evaluate(model_dir: str, args: argparse.Namespace) -> float:
     """Held-out accuracy by opdctl's evaluator (the demo config's evaluation settings), not timed."""
-    output = Path(model_dir) / "peers-eval"
+    output = args.workdir / "evals" / "-".join(Path(model_dir).parts[-3:])  # outside any run directory
     command = [
         str(Path(sys.executable).parent / "opdctl"),
         "eval",
@@ -182,7 +181,9 @@ def evaluate(model_dir: str, args: argparse.Namespace) -> float:
         "--output",
         str(output),
     ]
-    subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"evaluating {model_dir} failed: {done.stderr.strip().splitlines()[-1:]}")
     summary = json.loads((output / "summary.json").read_text())
     return next(iter(summary["benchmarks"].values()))["accuracy"] if "benchmarks" in summary else summary["accuracy"]
 

@@ -129,7 +129,9 @@ def topk_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
 
 @LOSS_ESTIMATORS.register("sampled")
 def sampled_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
-    """k1 on the sampled token y_t alone, less the step's mean advantage with loss.baseline=mean."""
+    """k1 on the sampled token y_t alone (needs only its teacher log-prob); noisier than topk (docs/benchmarks.md).
+
+    With loss.baseline=mean the step's mean advantage is subtracted."""
     student, teacher = QueryLayout.sampled(inputs.student), QueryLayout.sampled(inputs.teacher)
     baseline = inputs.mean_advantage if config.baseline == "mean" else 0.0
     return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, baseline)
