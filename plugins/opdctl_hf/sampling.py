@@ -16,10 +16,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from opdctl.backends import FinishedCallback, GeneratedChunk, GenerationMonitor, Rollouts, Sampling
 
+from .cache import decoding_cache
 from .sequences import left_pad, positions
 
 
@@ -122,7 +122,7 @@ def sample(
 
     input_ids, attention_mask = left_pad(prompts, pad_id, device)
     position_ids = positions(attention_mask)
-    cache = {cache_keyword(model): DynamicCache(config=model.config)}
+    cache = {cache_keyword(model): decoding_cache(model.config)}
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from opdctl.backends import TeacherScores
 
+from .cache import decoding_cache
 from .sampling import cache_keyword
 from .sequences import chunked_logprobs, left_pad, positions
 
@@ -23,7 +23,7 @@ class HFTeacherStream:
         self.model, self.logprob_chunk = model, logprob_chunk
         self.device = next(model.parameters()).device
         self.decoder = model.get_decoder()
-        self.cache = DynamicCache(config=model.config)
+        self.cache = decoding_cache(model.config)
         self.keyword = cache_keyword(self.decoder)
         ids, self.mask = left_pad(prompts, pad_id, self.device)
         position_ids = positions(self.mask)
