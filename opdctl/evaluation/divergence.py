@@ -6,7 +6,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import Generator, Sampling, Teacher
-from opdctl.data import chat_prompt
+from opdctl.data import chat_prompts
 from opdctl.evaluation.benchmarks import Benchmark
 from opdctl.losses import reverse_kl_estimate
 from opdctl.progress import reporter
@@ -26,7 +26,7 @@ def held_out_reverse_kl(
     """KL(student || teacher) per token on the student's own answers to ``benchmark``'s problems, and the
     number of tokens: the k1 estimate, mean of log p(y_t) - log q(y_t) with y_t sampled from the student
     at temperature 1 (the same seed at every evaluation, so before and after see the same draws)."""
-    prompts = [chat_prompt(tokenizer, benchmark.prompt(problem), chat_template) for problem in benchmark.problems]
+    prompts = chat_prompts(tokenizer, [benchmark.prompt(problem) for problem in benchmark.problems], chat_template)
     total, count = 0.0, 0
     with reporter().task(f"{benchmark.name}: reverse KL", len(prompts)) as advance:
         for start in range(0, len(prompts), BATCH):

@@ -15,7 +15,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import Generator, KnowsContextLength, Sampling
-from opdctl.data import chat_prompt
+from opdctl.data import chat_prompts
 from opdctl.evaluation.benchmarks import Benchmark, Problem
 from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.metrics import OVER_CONTEXT, BenchmarkScore, score
@@ -108,8 +108,10 @@ def _units(
     tokenizer: PreTrainedTokenizerBase, benchmark: Benchmark, settings: Settings, context: int | None
 ) -> list[_Unit]:
     units = []
-    for problem in benchmark.problems:
-        prompt = chat_prompt(tokenizer, benchmark.prompt(problem), settings.chat_template)
+    prompts = chat_prompts(
+        tokenizer, [benchmark.prompt(problem) for problem in benchmark.problems], settings.chat_template
+    )
+    for problem, prompt in zip(benchmark.problems, prompts, strict=True):
         limit = settings.max_new_tokens if context is None else min(settings.max_new_tokens, context - len(prompt))
         units.extend(_Unit(problem, sample, prompt, limit) for sample in range(settings.n))
     return units
