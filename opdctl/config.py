@@ -181,11 +181,19 @@ class BudgetConfig(Section):
 
 
 class OptimConfig(Section):
-    """The student's optimizer: AdamW, one update per step."""
+    """The student's optimizer: AdamW, one update per step (or optim.updates_per_step)."""
 
     lr: float = Field(1e-6, gt=0, allow_inf_nan=False, description="Learning rate.")
-    steps: int = Field(203, ge=1, description="Training steps (optimizer updates).")
+    steps: int = Field(203, ge=1, description="Training steps: each generates, scores and updates once (or more).")
     prompts_per_step: int = Field(64, ge=1, description="Prompts per step; rollouts per step = this * rollout.n.")
+    updates_per_step: int = Field(
+        1,
+        ge=1,
+        description="Optimizer updates per step: its rollouts split in prompt order into this many mini-batches, "
+        "one update each (verl's train_batch_size / ppo_mini_batch_size, TRL's steps_per_generation): fewer "
+        "generations per update. Later mini-batches were sampled before the earlier updates (slightly off-policy; "
+        "the sampled estimator corrects with importance weights).",
+    )
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False, description="Max gradient norm; null disables.")
     grad_accum: int = Field(
         1,
@@ -199,7 +207,7 @@ class OptimConfig(Section):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="After warm-up: constant, or decayed to 0 at the last step (transformers' schedulers)."
     )
-    max_nonfinite_steps: int = Field(3, ge=1, description="Stop after this many non-finite steps in a row.")
+    max_nonfinite_steps: int = Field(3, ge=1, description="Stop after this many non-finite updates in a row.")
 
 
 class OutputConfig(Section):
@@ -316,6 +324,13 @@ class Config(Section):
         if not self.prune.enable:
             self.rollout.truncate_on_drift = False  # truncation stops on Prune-OPD's weights: plain OPD has none
         batch = self.optim.prompts_per_step * self.rollout.n
+        updates = self.optim.updates_per_step
+        _require(
+            updates <= self.optim.prompts_per_step,
+            "optim.updates_per_step",
+            updates,
+            f"<= optim.prompts_per_step ({self.optim.prompts_per_step})",
+        )
         _require(
             self.optim.grad_accum <= batch, "optim.grad_accum", self.optim.grad_accum, f"<= rollouts per step ({batch})"
         )

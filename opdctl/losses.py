@@ -90,15 +90,21 @@ def sampled_reverse_kl(
     loss_weight: torch.Tensor,
     num_tokens: int,
     baseline: float = 0.0,
+    behaviour_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sampled-token (k1) estimator: L = -sum_t m_t (A_t - b) log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
+    """Sampled-token (k1) estimator: L = -sum_t m_t r_t (A_t - b) log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
 
     Both log-prob tensors are ``[B, T]`` log-probs of the sampled tokens. ``baseline`` b
     is a constant (the step's mean advantage: :func:`advantage_sum`): since
     E_y[grad log p(y)] = 0 it leaves the expected gradient unchanged and removes the
-    noise of A_t's mean, -KL, which is never positive.
+    noise of A_t's mean, -KL, which is never positive. r_t = p_t(y_t) / mu_t(y_t), held
+    constant, is the importance weight of tokens sampled by an earlier policy mu
+    (``behaviour_logprobs``: the student before this step's earlier updates); 1 without it.
     """
     advantage = (teacher_logprobs - student_logprobs).detach() - baseline
+    if behaviour_logprobs is not None:
+        log_ratio = (student_logprobs.detach() - behaviour_logprobs).masked_fill(loss_weight == 0, 0.0)  # padding
+        advantage = advantage * log_ratio.exp()
     per_token = -advantage * student_logprobs
     return (per_token * loss_weight).sum() / num_tokens
 
@@ -113,6 +119,7 @@ class LossInputs:
     num_tokens: int  # valid tokens in the whole optimizer step
     teacher_exact: torch.Tensor | None = None  # [B, T, k+1] bool: which teacher values are exact (served teachers)
     mean_advantage: float = 0.0  # the step's mean k1 advantage, all processes (:func:`advantage_sum`)
+    behaviour: torch.Tensor | None = None  # [B, T] sampled tokens' log-probs when drawn by earlier weights
 
 
 @LOSS_ESTIMATORS.register("topk")
@@ -134,7 +141,7 @@ def sampled_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
     With loss.baseline=mean the step's mean advantage is subtracted."""
     student, teacher = QueryLayout.sampled(inputs.student), QueryLayout.sampled(inputs.teacher)
     baseline = inputs.mean_advantage if config.baseline == "mean" else 0.0
-    return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, baseline)
+    return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, baseline, inputs.behaviour)
 
 
 def opd_loss(
@@ -145,10 +152,12 @@ def opd_loss(
     num_tokens: int,
     teacher_exact: torch.Tensor | None = None,
     mean_advantage: float = 0.0,
+    behaviour: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The configured estimator on ``[B, T, k+1]`` log-probs in the query layout; ``mean_advantage`` is the
-    step's (see :meth:`opdctl.trainer.Trainer.mean_advantage`)."""
-    inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact, mean_advantage)
+    step's (see :meth:`opdctl.trainer.Trainer.mean_advantage`), ``behaviour`` the sampled tokens' log-probs
+    under the weights that drew them, when the student has been updated since (``optim.updates_per_step``)."""
+    inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact, mean_advantage, behaviour)
     return LOSS_ESTIMATORS.get(config.loss.estimator)(inputs, config.loss)
 
 

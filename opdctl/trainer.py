@@ -33,7 +33,7 @@ from opdctl.config import Config
 from opdctl.data import PromptSampler, PromptSet
 from opdctl.distributed import World
 from opdctl.drift import measure_drift
-from opdctl.errors import BackendError, RunError
+from opdctl.errors import BackendError, ConfigError, RunError
 from opdctl.evaluation.benchmarks import Benchmark
 from opdctl.evaluation.in_training import evaluate_in_training
 from opdctl.files import write_failure
@@ -48,8 +48,18 @@ from opdctl.trackers import Trackers
 
 
 @dataclass
+class LossTargets:
+    """What a mini-batch's loss compares the student with: the teacher's log-probs in the query layout, the
+    weights m_t and which teacher values are exact (served teachers)."""
+
+    teacher_lp: torch.Tensor
+    loss_weight: torch.Tensor
+    exact: torch.Tensor | None
+
+
+@dataclass
 class Update:
-    """What one optimizer step did."""
+    """What a step's optimizer updates did (means over them; skipped if any was)."""
 
     loss: float
     grad_norm: float
@@ -77,14 +87,22 @@ class Trainer:
         self.config, self.run, self.student, self.teacher, self.prompts = config, run, student, teacher, prompts
         self.benchmarks = benchmarks or []
         self.world = world or World()
-        self.world.share(config.optim.prompts_per_step * config.rollout.n)  # refuse an uneven split early
+        start, end = self.world.share(config.optim.prompts_per_step * config.rollout.n)  # refuse uneven splits early
+        if end - start < config.optim.updates_per_step:
+            raise ConfigError(
+                f"optim.updates_per_step={config.optim.updates_per_step}: each process holds {end - start} rollouts "
+                "of a step, fewer than its updates: lower it or raise optim.prompts_per_step"
+            )
         student.distribute(self.world)
         self.sampler = PromptSampler(len(prompts), config.seed)
         params = [p for p in student.model.parameters() if p.requires_grad]
         o = config.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         schedule = "constant_with_warmup" if o.lr_schedule == "constant" else o.lr_schedule
-        self.scheduler = get_scheduler(schedule, self.optimizer, o.warmup_steps, num_training_steps=o.steps)
+        updates = o.updates_per_step  # the schedule moves at every update; steps and warm-up count steps
+        self.scheduler = get_scheduler(
+            schedule, self.optimizer, o.warmup_steps * updates, num_training_steps=o.steps * updates
+        )
         self.state = TrainerState(budget=BudgetState(current_len=config.budget.init_len))
         self.limits = BudgetLimits(
             min_len=config.budget.min_len,
@@ -266,19 +284,54 @@ class Trainer:
     def update(
         self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
     ) -> Update:
-        """Forward/backward over micro-batches of similar length, then one clipped optimizer step (skipped if
-        non-finite).
+        """``optim.updates_per_step`` optimizer updates, each over its mini-batch of the rollouts (in order).
 
-        The loss is a token mean over the whole step (all processes); DistributedDataParallel
-        averages gradients over processes, so each process scales its part by their number.
+        Later mini-batches were sampled by the weights before the earlier updates: the sampled estimator
+        weighs them by importance. The returned log-probs are the training pass's for the first mini-batch
+        (what the log-prob gap checks: same weights as generation) and generation's for the rest.
         """
-        cfg, device, world = self.config, self.student.device, self.world
-        num_tokens = max(1, int(world.sum(int(rollouts.mask.sum()))))
+        cfg, device = self.config, self.student.device
         teacher_lp = scores.query_logprobs.to(device)
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         loss_weight = loss_weight.to(device)
-        total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
         mean_advantage = self.mean_advantage(rollouts, scores)
+        sampled_lp = rollouts.sampled_logprobs.clone()
+        losses, norms, skipped = [], [], False
+        for number, rows in enumerate(mini_batches(len(rollouts), cfg.optim.updates_per_step)):
+            behaviour = rollouts.sampled_logprobs.to(device) if number else None
+            loss, norm, training_lp = self._update_once(
+                rollouts.select(rows),
+                query_ids[rows],
+                LossTargets(teacher_lp[rows], loss_weight[rows], exact[rows] if exact is not None else None),
+                mean_advantage,
+                behaviour[rows] if behaviour is not None else None,
+            )
+            losses.append(loss)
+            norms.append(norm)
+            skipped |= not (math.isfinite(loss) and math.isfinite(norm))
+            if number == 0:
+                sampled_lp[rows, : training_lp.shape[1]] = training_lp
+        self.student.weights_updated()
+        lr = self.scheduler.get_last_lr()[0]
+        return Update(sum(losses) / len(losses), sum(norms) / len(norms), lr, skipped, sampled_lp)
+
+    def _update_once(
+        self,
+        rollouts: Rollouts,
+        query_ids: torch.Tensor,
+        targets: LossTargets,
+        mean_advantage: float,
+        behaviour: torch.Tensor | None,
+    ) -> tuple[float, float, torch.Tensor]:
+        """Forward/backward over micro-batches of similar length, then one clipped optimizer step (skipped if
+        non-finite): the loss, the gradient norm and the sampled tokens' log-probs of the training pass.
+
+        The loss is a token mean over the mini-batch (all processes); DistributedDataParallel
+        averages gradients over processes, so each process scales its part by their number.
+        """
+        cfg, world = self.config, self.world
+        num_tokens = max(1, int(world.sum(int(rollouts.mask.sum()))))
+        total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
         groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
         groups = split_to(groups, max(world.collect(len(groups))))  # the same number in every process
         for number, rows in enumerate(groups):
@@ -289,11 +342,12 @@ class Trainer:
                 loss = opd_loss(
                     cfg,
                     student_lp,
-                    teacher_lp[rows, :width],
-                    loss_weight[rows, :width],
+                    targets.teacher_lp[rows, :width],
+                    targets.loss_weight[rows, :width],
                     num_tokens,
-                    exact[rows, :width] if exact is not None else None,
+                    targets.exact[rows, :width] if targets.exact is not None else None,
                     mean_advantage,
+                    behaviour[rows, :width] if behaviour is not None else None,
                 )
                 (loss * world.size).backward()
             total_loss += loss.item()
@@ -310,12 +364,11 @@ class Trainer:
             reporter().message(f"warning: step {self.state.step + 1}: non-finite loss or gradient, update skipped")
             if self.state.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
                 raise RunError(
-                    f"{self.state.nonfinite_streak} steps in a row had a non-finite loss or gradient: lower optim.lr, "
-                    f"check the teacher, or resume from the last checkpoint with --resume {self.run.path}"
+                    f"{self.state.nonfinite_streak} updates in a row had a non-finite loss or gradient: lower "
+                    f"optim.lr, check the teacher, or resume from the last checkpoint with --resume {self.run.path}"
                 )
         self.optimizer.zero_grad(set_to_none=True)
-        self.student.weights_updated()
-        return Update(total_loss, float(grad_norm), self.scheduler.get_last_lr()[0], not finite, sampled_lp)
+        return total_loss, float(grad_norm), sampled_lp
 
     def mean_advantage(self, rollouts: Rollouts, scores: TeacherScores) -> float:
         """The sampled estimator's baseline (loss.baseline=mean): the mean k1 advantage over the whole step (all
@@ -356,6 +409,11 @@ class Trainer:
         summary = summarize_run(scan.records, str(self.run.path), self.state.step, self.state.elapsed)
         self.run.write_summary(summary)
         return summary
+
+
+def mini_batches(rows: int, count: int) -> list[list[int]]:
+    """Row indices 0..rows-1 in ``count`` contiguous mini-batches of near-equal size (prompt order)."""
+    return [part.tolist() for part in torch.arange(rows).tensor_split(count)]
 
 
 def _step_seed(seed: int, step: int) -> int:

@@ -117,7 +117,7 @@ def test_non_finite_loss_skips_steps_then_stops_with_an_intact_run(tiny_models, 
     result = _bad_run(
         tiny_models, tmp_path, teacher={"model": str(nan_teacher)}, optim={"steps": 10, "max_nonfinite_steps": 3}
     )
-    assert_one_line_error(result, "3 steps in a row had a non-finite loss", "--resume")
+    assert_one_line_error(result, "3 updates in a row had a non-finite loss", "--resume")
     records = read_metrics(tmp_path / "run")
     assert [r["skipped"] for r in records] == [True, True]  # the third one raised before it was logged
     assert not list((tmp_path / "run").rglob(".*partial*"))

@@ -99,6 +99,7 @@ def test_budget_max_len_defaults_to_the_hard_limit():
         ("teacher.base_url=http://x", "unknown config key 'teacher.base_url'; allowed keys here: backend, model"),
         ("budget.init_len=99999", "budget.init_len=99999: must be <= budget.max_len (12288)"),
         ("prune.k=32", "prune.k=32: must be <= loss.k (16)"),
+        ("optim.updates_per_step=65", "optim.updates_per_step=65: must be <= optim.prompts_per_step (64)"),
     ],
 )
 def test_bad_values_get_one_line_errors(override, message):

@@ -103,7 +103,7 @@ def test_a_non_finite_step_is_skipped_and_a_streak_stops_the_run(tmp_path):
     assert not trainer.train_step()["skipped"] and trainer.state.nonfinite_streak == 0
     teacher.broken = True
     trainer.train_step()
-    with pytest.raises(RunError, match=r"2 steps in a row had a non-finite loss or gradient: .*--resume"):
+    with pytest.raises(RunError, match=r"2 updates in a row had a non-finite loss or gradient: .*--resume"):
         trainer.train_step()
 
 

@@ -156,6 +156,30 @@ def test_sampled_estimator_in_expectation_is_the_reverse_kl_gradient_whatever_th
     assert torch.allclose(expected, kl_grad, atol=1e-6)
 
 
+def test_tokens_drawn_by_earlier_weights_are_weighted_by_importance():
+    """Averaged over y ~ mu (the weights before an earlier update), the importance-weighted k1 gradient is the
+    on-policy one, grad KL(p||q); a padded position (m = 0) with any behaviour log-prob adds nothing."""
+    torch.manual_seed(3)
+    logits = torch.randn(5, requires_grad=True)
+    behaviour = torch.log_softmax(torch.randn(5), -1)  # mu, the policy that drew the tokens
+    teacher = torch.log_softmax(torch.randn(5), -1)
+    lp = torch.log_softmax(logits, -1)
+    expected = torch.zeros(5)
+    for y in range(5):
+        pair = torch.stack([lp[y], lp[y]]).view(1, 2)
+        loss = losses.sampled_reverse_kl(
+            pair,
+            teacher[y].expand(1, 2),
+            torch.tensor([[1.0, 0.0]]),
+            1,
+            behaviour_logprobs=torch.tensor([[behaviour[y], -100.0]]),  # exp(100) overflows unless masked
+        )
+        (grad,) = torch.autograd.grad(loss, logits, retain_graph=True)
+        expected += behaviour[y].exp() * grad
+    (kl_grad,) = torch.autograd.grad((lp.exp() * (lp - teacher)).sum(), logits)
+    assert torch.allclose(expected, kl_grad, atol=1e-6)
+
+
 def test_advantage_sum_is_the_masked_mean_of_teacher_minus_student():
     rollout = torch.tensor([[-0.5, -1.0, -9.0]])
     teacher = torch.tensor([[-1.5, -1.0, 0.0]])

@@ -290,3 +290,46 @@ def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, t
     assert torch.allclose(grouped.sampled_logprobs, one.sampled_logprobs, atol=1e-5)
     for a, b in zip(params_one, params_grouped, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_updates_per_step_update_once_per_mini_batch_in_order(tiny_models, tmp_path):
+    """optim.updates_per_step=2 is two updates, on the first then the second half of the rollouts (the top-k
+    estimator needs no correction), with the learning-rate schedule moving at each."""
+    from opdctl.backends import Sampling
+    from opdctl.config import validate
+    from opdctl.data import PromptSet
+    from opdctl.demo.models import prompt_ids
+    from opdctl.demo.task import held_out
+    from opdctl.demo.tokenizer import build_tokenizer
+    from opdctl.drift import measure_drift
+    from opdctl.trainer import Trainer
+    from opdctl_hf import HFStudent, HFTeacher
+
+    prompts = [prompt_ids(build_tokenizer(), p) for p in held_out(8)]
+
+    def trainer(updates: int, name: str) -> Trainer:
+        raw = tiny_config(tiny_models, tmp_path / name, loss={"k": 4})
+        optim = {**raw["optim"], "prompts_per_step": 8, "updates_per_step": updates, "lr_schedule": "linear"}
+        config = validate({**raw, "optim": optim, "rollout": {**raw["rollout"], "n": 1}})
+        student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
+        teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"])))
+        run = RunDir.create(tmp_path / name, config.to_yaml())
+        return Trainer(config, run, student, teacher, PromptSet(prompts, [""] * 8, [None] * 8))
+
+    both, halves = trainer(2, "both"), trainer(1, "halves")
+    halves.scheduler = type(both.scheduler)(halves.optimizer, both.scheduler.lr_lambdas)  # the same schedule
+    rollouts = both.student.generate(prompts, Sampling(24, 1.0, record_topk=4, seed=5))
+    scores = both.teacher.score(rollouts, rollouts.query_ids(), 2)
+    weights = measure_drift(both.config, rollouts, scores).weights.loss_weight
+    update = both.update(rollouts, rollouts.query_ids(), scores, weights)
+    for rows in ([0, 1, 2, 3], [4, 5, 6, 7]):
+        part = rollouts.select(rows)
+        width = part.response_ids.shape[1]
+        part_scores = halves.teacher.score(part, part.query_ids(), 2)
+        halves.update(part, part.query_ids(), part_scores, weights[rows, :width])
+    for a, b in zip(both.student.model.parameters(), halves.student.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert both.scheduler.last_epoch == 2 and update.lr == halves.scheduler.get_last_lr()[0]
+    first = rollouts.select([0, 1, 2, 3])
+    assert torch.equal(update.sampled_logprobs[4:], rollouts.sampled_logprobs[4:])  # generation's, second half
+    assert torch.allclose(update.sampled_logprobs[:4, : first.response_ids.shape[1]], first.sampled_logprobs, atol=1e-5)
