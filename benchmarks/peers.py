@@ -51,6 +51,7 @@ OPDCTL_ARMS = {
     "opdctl Prune-OPD + truncation": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=true"],
 }
 TRL = "TRL DistillationTrainer"
+ONE_UPDATE_PER_STEP = ["optim.prompts_per_step=8", "optim.updates_per_step=1"]  # as measured in docs/benchmarks.md
 
 
 def ensure_trl_venv(venv: Path, trl_version: str) -> Path:
@@ -128,7 +129,7 @@ def step_prompts(config: Config) -> tuple[list[str], list[list[int]]]:
 def run_arm(name: str, seed: int, args: argparse.Namespace, trl_python: Path | None) -> dict:
     import torch
 
-    common = [f"seed={seed}", f"optim.steps={args.steps}", "eval.bench=[]", *args.set]
+    common = [f"seed={seed}", f"optim.steps={args.steps}", "eval.bench=[]", *ONE_UPDATE_PER_STEP, *args.set]
     directory = args.workdir / f"{name.replace(' ', '-').replace('+', 'plus')}-seed{seed}"
     job_path = args.workdir / f"{directory.name}.json"
     if name == TRL:

@@ -65,6 +65,7 @@ def _cumulative(stats: pstats.Stats, suffix: str, name: str, callee: str | None 
 
 def profile(name: str, args: argparse.Namespace, workdir: Path) -> None:
     overrides = [*METHODS[name], f"optim.steps={args.steps + 1}", "eval.bench=[]", f"seed={args.seed}"]
+    overrides += ["optim.prompts_per_step=8", "optim.updates_per_step=1"]  # one update a step, as documented
     config = load_config(args.config, [*overrides, f"output.dir={workdir / name.split()[0]}", *args.set])
     with reporting_to(LogReporter()):
         trainer = start_run(config)

@@ -41,6 +41,8 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict:
         *METHODS[name],
         f"seed={seed}",
         f"optim.steps={args.steps}",
+        "optim.prompts_per_step=8",  # one update per step, as measured in docs/benchmarks.md
+        "optim.updates_per_step=1",
         f"rollout.max_new_tokens={args.max_new_tokens}",
         f"budget.max_len={args.max_new_tokens}",
         f"eval.every={args.eval_every}",
