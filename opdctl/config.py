@@ -192,7 +192,7 @@ class OptimConfig(Section):
         description="Optimizer updates per step: its rollouts split in prompt order into this many mini-batches, "
         "one update each (verl's train_batch_size / ppo_mini_batch_size, TRL's steps_per_generation): fewer "
         "generations per update. Later mini-batches were sampled before the earlier updates (slightly off-policy; "
-        "the sampled estimator corrects with importance weights).",
+        "the sampled estimator corrects with importance weights, yet trained worse with it on the demo).",
     )
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False, description="Max gradient norm; null disables.")
     grad_accum: int = Field(
