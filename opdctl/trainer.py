@@ -299,7 +299,7 @@ class Trainer:
         losses, norms, skipped = [], [], False
         for number, rows in enumerate(mini_batches(len(rollouts), cfg.optim.updates_per_step)):
             behaviour = rollouts.sampled_logprobs.to(device) if number else None
-            loss, norm, training_lp = self._update_once(
+            loss, norm, applied, training_lp = self._update_once(
                 rollouts.select(rows),
                 query_ids[rows],
                 LossTargets(teacher_lp[rows], loss_weight[rows], exact[rows] if exact is not None else None),
@@ -308,7 +308,7 @@ class Trainer:
             )
             losses.append(loss)
             norms.append(norm)
-            skipped |= not (math.isfinite(loss) and math.isfinite(norm))
+            skipped |= not applied
             if number == 0:
                 sampled_lp[rows, : training_lp.shape[1]] = training_lp
         self.student.weights_updated()
@@ -322,9 +322,10 @@ class Trainer:
         targets: LossTargets,
         mean_advantage: float,
         behaviour: torch.Tensor | None,
-    ) -> tuple[float, float, torch.Tensor]:
+    ) -> tuple[float, float, bool, torch.Tensor]:
         """Forward/backward over micro-batches of similar length, then one clipped optimizer step (skipped if
-        non-finite): the loss, the gradient norm and the sampled tokens' log-probs of the training pass.
+        non-finite): the loss, the gradient norm, whether the step was taken and the sampled tokens' log-probs
+        of the training pass.
 
         The loss is a token mean over the mini-batch (all processes); DistributedDataParallel
         averages gradients over processes, so each process scales its part by their number.
@@ -368,7 +369,7 @@ class Trainer:
                     f"optim.lr, check the teacher, or resume from the last checkpoint with --resume {self.run.path}"
                 )
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, float(grad_norm), sampled_lp
+        return total_loss, float(grad_norm), finite, sampled_lp
 
     def mean_advantage(self, rollouts: Rollouts, scores: TeacherScores) -> float:
         """The sampled estimator's baseline (loss.baseline=mean): the mean k1 advantage over the whole step (all
