@@ -357,7 +357,7 @@ class Student(Protocol):
         """Restore an :meth:`optimizer_state` in every process."""
 
     def weights_updated(self) -> None:
-        """Called after every optimizer step (rollout engines resynchronise here)."""
+        """Called after each step's optimizer updates (rollout engines resynchronise here)."""
 
     def close(self) -> None:
         """Release models and processes."""
