@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-import pytest
-import torch
-import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from opdctl.demo.tokenizer import build_tokenizer
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist, give each worker its share of the cores (it and the processes it starts), before
+    torch loads: every worker spinning torch's one-thread-per-core pool on the same cores would collapse."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_share_the_cores_between_workers()  # before torch is imported (hence the E402 exemptions below)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from opdctl.demo.tokenizer import build_tokenizer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's consoles wide enough that no message folds inside a temporary path (xdist's are longer)."""
+    from opdctl import console
+
+    for terminal in (console.console, console.stdout):
+        monkeypatch.setattr(terminal, "width", 400)
 
 
 def save_tiny_model(path: Path, seed: int, hidden: int = 16, layers: int = 1, tokenizer=None) -> Path:
