@@ -165,8 +165,8 @@ def test_a_vllm_teacher_is_not_streamed_unless_asked(tiny_models, vllm_server, t
     assert stops == {"auto": 0, "predicted": stops["predicted"]} and stops["predicted"] > 0
 
 
-def test_server_killed_mid_run_then_resume(tiny_models, served_model, tmp_path):
-    server = VLLMServer(served_model, tmp_path / "server.log").start()
+def test_server_killed_mid_run_then_resume(tiny_models, served_model, vllm_server, tmp_path):
+    server = VLLMServer(served_model, tmp_path / "server.log").start()  # a server of its own, to kill
     try:
         config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 400}, output={"save_every": 50})
         config["teacher"] = vllm_section(server, retries=2, backoff=0.2, timeout=5)
@@ -194,10 +194,9 @@ def test_server_killed_mid_run_then_resume(tiny_models, served_model, tmp_path):
         checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
         assert checkpoints[-1] == f"step_{done[-1]:06d}"  # the state before the failed step was saved
 
-        server.start()  # same port: the run's config still points at it
-        result = CliRunner().invoke(
-            app, ["train", "--resume", str(tmp_path / "run"), "optim.steps=" + str(done[-1] + 3)]
-        )
+        # the model served again, at another address (the shared server: no second start to wait for)
+        overrides = [f"optim.steps={done[-1] + 3}", f"teacher.base_url={vllm_server.url}"]
+        result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run"), *overrides])
         assert result.exit_code == 0, result.output
         steps = [r["step"] for r in read_metrics(tmp_path / "run")]
         assert steps == list(range(1, done[-1] + 4))
