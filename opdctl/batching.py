@@ -1,4 +1,5 @@
-"""Micro-batches for the update: rows of similar length together, so few positions are padding.
+"""Mini-batches of a step's rollouts (one optimizer update each), and the micro-batches of an update:
+rows of similar length together, so few positions are padding.
 
 A micro-batch pads every row to its longest, so one rollout that ran to the length limit
 makes a whole batch of short ones cost as much as long ones (on the demo, one
@@ -55,3 +56,8 @@ def split_to(groups: list[list[int]], count: int) -> list[list[int]]:
             raise ValueError(f"cannot split {sum(map(len, groups))} rows into {count} micro-batches")
         groups[largest : largest + 1] = [group[: len(group) // 2], group[len(group) // 2 :]]
     return groups
+
+
+def mini_batches(rows: int, count: int) -> list[list[int]]:
+    """Row indices 0..rows-1 in ``count`` contiguous mini-batches of near-equal size (prompt order)."""
+    return [part.tolist() for part in torch.arange(rows).tensor_split(count)]

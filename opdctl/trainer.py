@@ -26,7 +26,7 @@ import torch
 from transformers import get_scheduler
 
 from opdctl.backends import QueryLayout, Rollouts, Sampling, Student, Teacher, TeacherScores
-from opdctl.batching import length_groups, split_to
+from opdctl.batching import length_groups, mini_batches, split_to
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
 from opdctl.checkpoint import OPTIMIZER_FILE, TrainerState
 from opdctl.config import Config
@@ -410,11 +410,6 @@ class Trainer:
         summary = summarize_run(scan.records, str(self.run.path), self.state.step, self.state.elapsed)
         self.run.write_summary(summary)
         return summary
-
-
-def mini_batches(rows: int, count: int) -> list[list[int]]:
-    """Row indices 0..rows-1 in ``count`` contiguous mini-batches of near-equal size (prompt order)."""
-    return [part.tolist() for part in torch.arange(rows).tensor_split(count)]
 
 
 def _step_seed(seed: int, step: int) -> int:
