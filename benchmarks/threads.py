@@ -25,6 +25,8 @@ SETTINGS = {
     "all cores, spin-wait": {"OMP_NUM_THREADS": CORES, "OMP_WAIT_POLICY": "ACTIVE"},
     "all cores, libgomp's default (spin 300k, then sleep)": {"OMP_NUM_THREADS": CORES, "GOMP_SPINCOUNT": "300000"},
     "all cores, spin 30k, then sleep": {"OMP_NUM_THREADS": CORES, "GOMP_SPINCOUNT": "30000"},
+    "all cores, spin 10k, then sleep": {"OMP_NUM_THREADS": CORES, "GOMP_SPINCOUNT": "10000"},
+    "all cores, spin 1k, then sleep": {"OMP_NUM_THREADS": CORES, "GOMP_SPINCOUNT": "1000"},
     "all cores, passive wait": {"OMP_NUM_THREADS": CORES, "OMP_WAIT_POLICY": "PASSIVE"},
     "opdctl's default": {},
 }
