@@ -56,6 +56,13 @@ class LossTargets:
     loss_weight: torch.Tensor
     exact: torch.Tensor | None
 
+    def select(self, rows: list[int], width: int | None = None) -> LossTargets:
+        """The targets of ``rows``, cut to their first ``width`` positions (all without it)."""
+        cut = (rows, slice(width))
+        return LossTargets(
+            self.teacher_lp[cut], self.loss_weight[cut], self.exact[cut] if self.exact is not None else None
+        )
+
 
 @dataclass
 class Update:
@@ -291,20 +298,19 @@ class Trainer:
         (what the log-prob gap checks: same weights as generation) and generation's for the rest.
         """
         cfg, device = self.config, self.student.device
-        teacher_lp = scores.query_logprobs.to(device)
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
-        loss_weight = loss_weight.to(device)
+        targets = LossTargets(scores.query_logprobs.to(device), loss_weight.to(device), exact)
+        behaviour = rollouts.sampled_logprobs.to(device)
         mean_advantage = self.mean_advantage(rollouts, scores)
         sampled_lp = rollouts.sampled_logprobs.clone()
         losses, norms, skipped = [], [], False
         for number, rows in enumerate(mini_batches(len(rollouts), cfg.optim.updates_per_step)):
-            behaviour = rollouts.sampled_logprobs.to(device) if number else None
             loss, norm, applied, training_lp = self._update_once(
                 rollouts.select(rows),
                 query_ids[rows],
-                LossTargets(teacher_lp[rows], loss_weight[rows], exact[rows] if exact is not None else None),
+                targets.select(rows),
                 mean_advantage,
-                behaviour[rows] if behaviour is not None else None,
+                behaviour[rows] if number else None,  # drawn by the weights before this step's first update
             )
             losses.append(loss)
             norms.append(norm)
@@ -338,15 +344,16 @@ class Trainer:
         for number, rows in enumerate(groups):
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
+            target = targets.select(rows, width)
             with self.student.gradient_sync(number == len(groups) - 1):
                 student_lp = self.student.logprobs(part, query_ids[rows, :width])
                 loss = opd_loss(
                     cfg,
                     student_lp,
-                    targets.teacher_lp[rows, :width],
-                    targets.loss_weight[rows, :width],
+                    target.teacher_lp,
+                    target.loss_weight,
                     num_tokens,
-                    targets.exact[rows, :width] if targets.exact is not None else None,
+                    target.exact,
                     mean_advantage,
                     behaviour[rows, :width] if behaviour is not None else None,
                 )
