@@ -9,7 +9,13 @@ shows as spread:
   torch); TRL is never an opdctl dependency;
 * opdctl plain OPD (``prune.enable=false budget.enable=false``);
 * opdctl Prune-OPD (the paper: weights and budget);
-* opdctl Prune-OPD + truncation on drift (the demo's default).
+* opdctl Prune-OPD + truncation on drift (the demo's default);
+* opdctl plain OPD and Prune-OPD + truncation with two updates per generation (the demo's
+  default ``optim.updates_per_step=2``: half as many generation rounds of twice the prompts,
+  the same prompts in the same order, the same number of updates over the same rollouts;
+  the second update's rollouts were sampled one update earlier). TRL's
+  ``DistillationTrainer`` generates once per update (its ``steps_per_generation`` is not
+  implemented), so these arms show what opdctl's default buys, not a matched setting.
 
 Every arm trains in its own process on the demo config (or ``--config``) with
 evaluations off; the script records the child's wall and CPU time (user + system, all
@@ -45,13 +51,30 @@ from opdctl.config import Config, load_config  # first: opdctl sets thread defau
 from opdctl.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
+PLAIN = ["prune.enable=false", "budget.enable=false"]
+TRUNCATION = ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=true"]
+TWO_UPDATES = ", 2 updates per generation"
 OPDCTL_ARMS = {
-    "opdctl plain OPD": ["prune.enable=false", "budget.enable=false"],
+    "opdctl plain OPD": PLAIN,
     "opdctl Prune-OPD": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=false"],
-    "opdctl Prune-OPD + truncation": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=true"],
+    "opdctl Prune-OPD + truncation": TRUNCATION,
+    "opdctl plain OPD" + TWO_UPDATES: PLAIN,
+    "opdctl Prune-OPD + truncation" + TWO_UPDATES: TRUNCATION,
 }
 TRL = "TRL DistillationTrainer"
-ONE_UPDATE_PER_STEP = ["optim.prompts_per_step=8", "optim.updates_per_step=1"]  # as measured in docs/benchmarks.md
+PROMPTS_PER_UPDATE = 8
+
+
+def schedule(name: str, steps: int) -> list[str]:
+    """Overrides for ``steps`` optimizer updates of ``PROMPTS_PER_UPDATE`` prompts' rollouts in every arm."""
+    per_generation = 2 if name.endswith(TWO_UPDATES) else 1
+    if steps % per_generation:
+        raise SystemExit(f"--steps {steps}: arm {name!r} needs a multiple of {per_generation}")
+    return [
+        f"optim.steps={steps // per_generation}",
+        f"optim.prompts_per_step={PROMPTS_PER_UPDATE * per_generation}",
+        f"optim.updates_per_step={per_generation}",
+    ]
 
 
 def ensure_trl_venv(venv: Path, trl_version: str) -> Path:
@@ -129,7 +152,7 @@ def step_prompts(config: Config) -> tuple[list[str], list[list[int]]]:
 def run_arm(name: str, seed: int, args: argparse.Namespace, trl_python: Path | None) -> dict:
     import torch
 
-    common = [f"seed={seed}", f"optim.steps={args.steps}", "eval.bench=[]", *ONE_UPDATE_PER_STEP, *args.set]
+    common = [f"seed={seed}", "eval.bench=[]", *schedule(name, args.steps), *args.set]
     directory = args.workdir / f"{name.replace(' ', '-').replace('+', 'plus')}-seed{seed}"
     job_path = args.workdir / f"{directory.name}.json"
     if name == TRL:
@@ -231,8 +254,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="Base config (default: the embedded demo).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--arms", nargs="+", default=[TRL, *OPDCTL_ARMS], help="Subset of the arms, by name.")
+    parser.add_argument("--steps", type=int, default=150, help="Optimizer updates in every arm (even: see --arms).")
     parser.add_argument("--set", nargs="*", default=[], help="Extra overrides for every arm (TRL reads optim.*).")
     parser.add_argument("--eval-tokens", type=int, default=160, help="Evaluation length limit (the demo's).")
     parser.add_argument("--trl-venv", type=Path, default=ROOT / ".venv-trl")
@@ -251,7 +274,7 @@ def main() -> None:
         for name in args.arms:
             r = results[name][seed] = run_arm(name, seed, args, trl_python)
             print(
-                f"seed {seed} {name:30s} CPU {r['train_cpu']:7.1f} s  wall {r['train_wall']:7.1f} s  "
+                f"seed {seed} {name:52s} CPU {r['train_cpu']:7.1f} s  wall {r['train_wall']:7.1f} s  "
                 f"tokens {r['tokens_generated']:,}  accuracy {r['accuracy']:.1%}",
                 flush=True,
             )

@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,32 @@ def test_names_a_benchmark_imports_from_opdctl_exist(script):
             module = importlib.import_module(node.module)
             missing = [alias.name for alias in node.names if not hasattr(module, alias.name)]
             assert not missing, f"{script.name}: {node.module} has no {', '.join(missing)}"
+
+
+def _peers():
+    spec = importlib.util.spec_from_file_location("peers", Path(__file__).parent.parent / "benchmarks" / "peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peer_arms_with_two_updates_per_generation_train_each_update_on_the_same_prompts():
+    from opdctl.batching import mini_batches
+    from opdctl.config import load_config
+    from opdctl.data import PromptSampler
+
+    peers, n, updates = _peers(), 4, 6
+
+    def prompts_per_update(arm: str) -> list[list[int]]:
+        optim = load_config(None, peers.schedule(arm, updates)).optim
+        sampler, trained = PromptSampler(50, seed=3), []
+        for step in range(optim.steps):
+            rows = [i for i in sampler.indices(step, optim.prompts_per_step) for _ in range(n)]
+            trained += [[rows[r] for r in part] for part in mini_batches(len(rows), optim.updates_per_step)]
+        return trained
+
+    one = prompts_per_update("opdctl plain OPD")
+    two = prompts_per_update("opdctl plain OPD" + peers.TWO_UPDATES)
+    assert len(one) == updates and two == one
+    with pytest.raises(SystemExit, match="multiple of 2"):
+        peers.schedule("opdctl plain OPD" + peers.TWO_UPDATES, 5)
