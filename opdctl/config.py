@@ -205,7 +205,7 @@ class OptimConfig(Section):
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up from 0 over this many steps.")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="After warm-up: constant, or decayed to 0 at the last step (transformers' schedulers)."
+        "constant", description="After warm-up: constant, or decayed to 0 at the last step (transformers' schedules)."
     )
     max_nonfinite_steps: int = Field(3, ge=1, description="Stop after this many non-finite updates in a row.")
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import get_scheduler
 
 from opdctl.backends import QueryLayout, Rollouts, Sampling, Student, Teacher, TeacherScores
 from opdctl.batching import length_groups, mini_batches, split_to
@@ -42,6 +41,7 @@ from opdctl.losses import advantage_sum, opd_loss
 from opdctl.outcome import StepOutcome, summarize_run
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir
+from opdctl.schedules import lr_scheduler
 from opdctl.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.traces import trace_tables
 from opdctl.trackers import Trackers
@@ -105,11 +105,8 @@ class Trainer:
         params = [p for p in student.model.parameters() if p.requires_grad]
         o = config.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        schedule = "constant_with_warmup" if o.lr_schedule == "constant" else o.lr_schedule
         updates = o.updates_per_step  # the schedule moves at every update; steps and warm-up count steps
-        self.scheduler = get_scheduler(
-            schedule, self.optimizer, o.warmup_steps * updates, num_training_steps=o.steps * updates
-        )
+        self.scheduler = lr_scheduler(self.optimizer, o.lr_schedule, o.warmup_steps * updates, o.steps * updates)
         self.state = TrainerState(budget=BudgetState(current_len=config.budget.init_len))
         self.limits = BudgetLimits(
             min_len=config.budget.min_len,
