@@ -15,7 +15,7 @@ shows as spread:
   the same prompts in the same order, the same number of updates over the same rollouts;
   the second update's rollouts were sampled one update earlier). TRL's
   ``DistillationTrainer`` generates once per update (its ``steps_per_generation`` is not
-  implemented), so these arms show what opdctl's default buys, not a matched setting.
+  implemented), so these arms show what the demo's setting buys, not a matched setting.
 
 Every arm trains in its own process on the demo config (or ``--config``) with
 evaluations off; the script records the child's wall and CPU time (user + system, all
