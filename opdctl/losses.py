@@ -155,7 +155,7 @@ def opd_loss(
     behaviour: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The configured estimator on ``[B, T, k+1]`` log-probs in the query layout; ``mean_advantage`` is the
-    step's (see :meth:`opdctl.trainer.Trainer.mean_advantage`), ``behaviour`` the sampled tokens' log-probs
+    step's (see :meth:`opdctl.update.Updater.mean_advantage`), ``behaviour`` the sampled tokens' log-probs
     under the weights that drew them, when the student has been updated since (``optim.updates_per_step``)."""
     inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact, mean_advantage, behaviour)
     return LOSS_ESTIMATORS.get(config.loss.estimator)(inputs, config.loss)

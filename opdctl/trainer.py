@@ -5,7 +5,7 @@ One step, in order::
     prompts -> student.generate (under the response budget) -> rollouts       (opdctl.generation)
     rollouts -> teacher.score -> teacher top-k, log-probs of the query ids      (opdctl.generation)
     drift signal -> bad events -> monotone weights w_t, m_t, effective lengths  (opdctl.drift)
-    student log-probs (with gradient) -> reverse-KL loss weighted by m_t -> optimizer step  (opdctl.losses)
+    student log-probs (with gradient) -> reverse-KL loss weighted by m_t -> optimizer step  (opdctl.update)
     effective lengths -> budget for the next step                               (opdctl.budget)
     metrics.jsonl, traces, checkpoints                                          (opdctl.outcome, opdctl.rundir)
 
@@ -15,17 +15,15 @@ SIGINT/SIGTERM stop a run at a checkpoint (:mod:`opdctl.stopping`).
 
 from __future__ import annotations
 
-import math
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from opdctl.backends import QueryLayout, Rollouts, Sampling, Student, Teacher, TeacherScores
-from opdctl.batching import length_groups, mini_batches, split_to
+from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores
+from opdctl.batching import mini_batches
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
 from opdctl.checkpoint import OPTIMIZER_FILE, TrainerState
 from opdctl.config import Config
@@ -37,49 +35,17 @@ from opdctl.evaluation.benchmarks import Benchmark
 from opdctl.evaluation.in_training import evaluate_in_training
 from opdctl.files import write_failure
 from opdctl.generation import generate_and_score, now
-from opdctl.losses import advantage_sum, opd_loss
 from opdctl.outcome import StepOutcome, summarize_run
 from opdctl.progress import reporter
 from opdctl.rundir import RunDir
-from opdctl.schedules import lr_scheduler
 from opdctl.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.traces import trace_tables
 from opdctl.trackers import Trackers
-
-
-@dataclass
-class LossTargets:
-    """What a mini-batch's loss compares the student with: the teacher's log-probs in the query layout, the
-    weights m_t and which teacher values are exact (served teachers)."""
-
-    teacher_lp: torch.Tensor
-    loss_weight: torch.Tensor
-    exact: torch.Tensor | None
-
-    def select(self, rows: list[int], width: int | None = None) -> LossTargets:
-        """The targets of ``rows``, cut to their first ``width`` positions (all without it)."""
-        cut = (rows, slice(width))
-        return LossTargets(
-            self.teacher_lp[cut], self.loss_weight[cut], self.exact[cut] if self.exact is not None else None
-        )
-
-
-@dataclass
-class Update:
-    """What a step's optimizer updates did (means over them; skipped if any was)."""
-
-    loss: float
-    grad_norm: float
-    lr: float  # the rate for the next step
-    skipped: bool  # non-finite loss or gradient: no optimizer step
-    sampled_logprobs: torch.Tensor  # [B, T] the student's log-prob of each sampled token, from the training pass
-
-    def metrics(self) -> dict[str, Any]:
-        return {"loss": self.loss, "grad_norm": self.grad_norm, "lr": self.lr, "skipped": self.skipped}
+from opdctl.update import LossTargets, Update, Updater
 
 
 class Trainer:
-    """Owns the backends, optimizer, budget and run directory of one training run."""
+    """Owns the backends, optimizer (:class:`opdctl.update.Updater`), budget and run directory of one run."""
 
     def __init__(
         self,
@@ -102,11 +68,7 @@ class Trainer:
             )
         student.distribute(self.world)
         self.sampler = PromptSampler(len(prompts), config.seed)
-        params = [p for p in student.model.parameters() if p.requires_grad]
-        o = config.optim
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        updates = o.updates_per_step  # the schedule moves at every update; steps and warm-up count steps
-        self.scheduler = lr_scheduler(self.optimizer, o.lr_schedule, o.warmup_steps * updates, o.steps * updates)
+        self.updater = Updater(config, student, self.world)
         self.state = TrainerState(budget=BudgetState(current_len=config.budget.init_len))
         self.limits = BudgetLimits(
             min_len=config.budget.min_len,
@@ -123,17 +85,17 @@ class Trainer:
     def restore(self, checkpoint: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (model weights were loaded by the backend)."""
         optimizer = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        self.student.load_optimizer_state(self.optimizer, optimizer)
-        self.state = TrainerState.restore(checkpoint, self.scheduler)
+        self.student.load_optimizer_state(self.updater.optimizer, optimizer)
+        self.state = TrainerState.restore(checkpoint, self.updater.scheduler)
 
     def save(self) -> Path | None:
         """Process 0 writes a checkpoint; every process takes part in gathering sharded weights."""
-        weights, optimizer = self.student.full_state(), self.student.optimizer_state(self.optimizer)
+        weights, optimizer = self.student.full_state(), self.student.optimizer_state(self.updater.optimizer)
 
         def write(directory: Path) -> None:
             self.student.save(str(directory), weights)
             torch.save(optimizer, directory / OPTIMIZER_FILE)
-            self.state.save(directory, self.scheduler)
+            self.state.save(directory, self.updater.scheduler)
 
         keep = self.config.output.keep_checkpoints
         path = self.run.save_checkpoint(self.state.step, write, keep) if self.world.main else None
@@ -294,95 +256,42 @@ class Trainer:
         weighs them by importance. The returned log-probs are the training pass's for the first mini-batch
         (what the log-prob gap checks: same weights as generation) and generation's for the rest.
         """
-        cfg, device = self.config, self.student.device
+        device = self.student.device
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
         targets = LossTargets(scores.query_logprobs.to(device), loss_weight.to(device), exact)
         behaviour = rollouts.sampled_logprobs.to(device)
-        mean_advantage = self.mean_advantage(rollouts, scores)
+        mean_advantage = self.updater.mean_advantage(rollouts, scores)
         sampled_lp = rollouts.sampled_logprobs.clone()
-        losses, norms, skipped = [], [], False
-        for number, rows in enumerate(mini_batches(len(rollouts), cfg.optim.updates_per_step)):
-            loss, norm, applied, training_lp = self._update_once(
+        applied = []
+        for number, rows in enumerate(mini_batches(len(rollouts), self.config.optim.updates_per_step)):
+            one = self.updater.apply(
                 rollouts.select(rows),
                 query_ids[rows],
                 targets.select(rows),
                 mean_advantage,
                 behaviour[rows] if number else None,  # drawn by the weights before this step's first update
             )
-            losses.append(loss)
-            norms.append(norm)
-            skipped |= not applied
+            self._count_nonfinite(one.finite)
+            applied.append(one)
             if number == 0:
-                sampled_lp[rows, : training_lp.shape[1]] = training_lp
+                sampled_lp[rows, : one.sampled_logprobs.shape[1]] = one.sampled_logprobs
         self.student.weights_updated()
-        lr = self.scheduler.get_last_lr()[0]
-        return Update(sum(losses) / len(losses), sum(norms) / len(norms), lr, skipped, sampled_lp)
+        loss = sum(a.loss for a in applied) / len(applied)
+        grad_norm = sum(a.grad_norm for a in applied) / len(applied)
+        return Update(loss, grad_norm, self.updater.lr, not all(a.finite for a in applied), sampled_lp)
 
-    def _update_once(
-        self,
-        rollouts: Rollouts,
-        query_ids: torch.Tensor,
-        targets: LossTargets,
-        mean_advantage: float,
-        behaviour: torch.Tensor | None,
-    ) -> tuple[float, float, bool, torch.Tensor]:
-        """Forward/backward over micro-batches of similar length, then one clipped optimizer step (skipped if
-        non-finite): the loss, the gradient norm, whether the step was taken and the sampled tokens' log-probs
-        of the training pass.
-
-        The loss is a token mean over the mini-batch (all processes); DistributedDataParallel
-        averages gradients over processes, so each process scales its part by their number.
-        """
-        cfg, world = self.config, self.world
-        num_tokens = max(1, int(world.sum(int(rollouts.mask.sum()))))
-        total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
-        groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
-        groups = split_to(groups, max(world.collect(len(groups))))  # the same number in every process
-        for number, rows in enumerate(groups):
-            part = rollouts.select(rows)
-            width = part.response_ids.shape[1]
-            target = targets.select(rows, width)
-            with self.student.gradient_sync(number == len(groups) - 1):
-                student_lp = self.student.logprobs(part, query_ids[rows, :width])
-                loss = opd_loss(
-                    cfg,
-                    student_lp,
-                    target.teacher_lp,
-                    target.loss_weight,
-                    num_tokens,
-                    target.exact,
-                    mean_advantage,
-                    behaviour[rows, :width] if behaviour is not None else None,
-                )
-                (loss * world.size).backward()
-            total_loss += loss.item()
-            sampled_lp[rows, :width] = QueryLayout.sampled(student_lp).detach().float().cpu()
-        total_loss = world.sum(total_loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.model.parameters(), cfg.optim.grad_clip or math.inf)
-        finite = math.isfinite(total_loss) and bool(torch.isfinite(grad_norm))
+    def _count_nonfinite(self, finite: bool) -> None:
+        """Warn about a skipped update; stop the run after ``optim.max_nonfinite_steps`` in a row."""
         if finite:
-            self.optimizer.step()
-            self.scheduler.step()
             self.state.nonfinite_streak = 0
-        else:
-            self.state.nonfinite_streak += 1
-            reporter().message(f"warning: step {self.state.step + 1}: non-finite loss or gradient, update skipped")
-            if self.state.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
-                raise RunError(
-                    f"{self.state.nonfinite_streak} updates in a row had a non-finite loss or gradient: lower "
-                    f"optim.lr, check the teacher, or resume from the last checkpoint with --resume {self.run.path}"
-                )
-        self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, float(grad_norm), finite, sampled_lp
-
-    def mean_advantage(self, rollouts: Rollouts, scores: TeacherScores) -> float:
-        """The sampled estimator's baseline (loss.baseline=mean): the mean k1 advantage over the whole step (all
-        processes), from the log-probs the rollouts were sampled with, so every micro-batch uses the same."""
-        if self.config.loss.estimator != "sampled" or self.config.loss.baseline == "none":
-            return 0.0
-        teacher = QueryLayout.sampled(scores.query_logprobs)
-        total, count = advantage_sum(rollouts.sampled_logprobs, teacher, rollouts.mask)
-        return self.world.sum(total) / max(1, self.world.sum(count))
+            return
+        self.state.nonfinite_streak += 1
+        reporter().message(f"warning: step {self.state.step + 1}: non-finite loss or gradient, update skipped")
+        if self.state.nonfinite_streak >= self.config.optim.max_nonfinite_steps:
+            raise RunError(
+                f"{self.state.nonfinite_streak} updates in a row had a non-finite loss or gradient: lower "
+                f"optim.lr, check the teacher, or resume from the last checkpoint with --resume {self.run.path}"
+            )
 
     def _traced(self, step: int) -> bool:
         every = self.config.output.trace_every

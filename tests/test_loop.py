@@ -98,7 +98,7 @@ def test_a_non_finite_step_is_skipped_and_a_streak_stops_the_run(tmp_path):
     record = trainer.train_step()
     assert record["skipped"] and trainer.state.nonfinite_streak == 1
     assert torch.equal(trainer.student.model.logits, before)  # no optimizer step
-    assert trainer.scheduler.last_epoch == 0  # nor a learning-rate step
+    assert trainer.updater.scheduler.last_epoch == 0  # nor a learning-rate step
     teacher.broken = False
     assert not trainer.train_step()["skipped"] and trainer.state.nonfinite_streak == 0
     teacher.broken = True

@@ -317,7 +317,7 @@ def test_updates_per_step_update_once_per_mini_batch_in_order(tiny_models, tmp_p
         return Trainer(config, run, student, teacher, PromptSet(prompts, [""] * 8, [None] * 8))
 
     both, halves = trainer(2, "both"), trainer(1, "halves")
-    halves.scheduler = type(both.scheduler)(halves.optimizer, both.scheduler.lr_lambdas)  # the same schedule
+    halves.updater.scheduler = type(both.updater.scheduler)(halves.updater.optimizer, both.updater.scheduler.lr_lambdas)
     rollouts = both.student.generate(prompts, Sampling(24, 1.0, record_topk=4, seed=5))
     scores = both.teacher.score(rollouts, rollouts.query_ids(), 2)
     weights = measure_drift(both.config, rollouts, scores).weights.loss_weight
@@ -329,7 +329,7 @@ def test_updates_per_step_update_once_per_mini_batch_in_order(tiny_models, tmp_p
         halves.update(part, part.query_ids(), part_scores, weights[rows, :width])
     for a, b in zip(both.student.model.parameters(), halves.student.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
-    assert both.scheduler.last_epoch == 2 and update.lr == halves.scheduler.get_last_lr()[0]
+    assert both.updater.scheduler.last_epoch == 2 and update.lr == halves.updater.lr
     first = rollouts.select([0, 1, 2, 3])
     assert torch.equal(update.sampled_logprobs[4:], rollouts.sampled_logprobs[4:])  # generation's, second half
     assert torch.allclose(update.sampled_logprobs[:4, : first.response_ids.shape[1]], first.sampled_logprobs, atol=1e-5)
