@@ -136,9 +136,9 @@ def topk_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
 
 @LOSS_ESTIMATORS.register("sampled")
 def sampled_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
-    """k1 on the sampled token y_t alone (needs only its teacher log-prob); noisier than topk (docs/benchmarks.md).
+    """k1 on y_t alone (needs only its teacher log-prob); noisier than topk, best at optim.updates_per_step=1.
 
-    With loss.baseline=mean the step's mean advantage is subtracted."""
+    With loss.baseline=mean the step's mean advantage is subtracted. Why it trails topk: docs/benchmarks.md."""
     student, teacher = QueryLayout.sampled(inputs.student), QueryLayout.sampled(inputs.teacher)
     baseline = inputs.mean_advantage if config.baseline == "mean" else 0.0
     return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, baseline, inputs.behaviour)
