@@ -180,6 +180,9 @@ class BudgetConfig(Section):
     shrink_patience: int = Field(3, ge=1, description="Shrink after this many missed steps in a row.")
 
 
+LRSchedule = Literal["constant", "linear", "cosine"]  # opdctl.schedules
+
+
 class OptimConfig(Section):
     """The student's optimizer: AdamW, one update per step (or optim.updates_per_step)."""
 
@@ -204,7 +207,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.01, ge=0, allow_inf_nan=False, description="AdamW weight decay.")
     betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up from 0 over this many steps.")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+    lr_schedule: LRSchedule = Field(
         "constant", description="After warm-up: constant, or decayed to 0 at the last step (transformers' schedules)."
     )
     max_nonfinite_steps: int = Field(3, ge=1, description="Stop after this many non-finite updates in a row.")

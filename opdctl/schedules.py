@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-Schedule = Literal["constant", "linear", "cosine"]
+from opdctl.config import LRSchedule
 
 
-def lr_factor(update: int, schedule: Schedule, warmup: int, total: int) -> float:
+def lr_factor(update: int, schedule: LRSchedule, warmup: int, total: int) -> float:
     """The learning rate at ``update`` (0-based) as a fraction of the configured one."""
     if update < warmup:
         return update / max(1, warmup)
@@ -30,6 +29,6 @@ def lr_factor(update: int, schedule: Schedule, warmup: int, total: int) -> float
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def lr_scheduler(optimizer: Optimizer, schedule: Schedule, warmup: int, total: int) -> LambdaLR:
+def lr_scheduler(optimizer: Optimizer, schedule: LRSchedule, warmup: int, total: int) -> LambdaLR:
     """``schedule`` over ``total`` updates, the first ``warmup`` of them warming up."""
     return LambdaLR(optimizer, partial(lr_factor, schedule=schedule, warmup=warmup, total=total))
