@@ -152,7 +152,9 @@ def test_train_with_the_colocated_vllm_student_on_the_real_model(real_teacher, r
     log-probs it sampled with match the trainer's."""
     python = opdctl_vllm_python()
     config = real_config(real_teacher, real_student, tmp_path)
-    config["student"].update(rollout="vllm-colocate", vllm={"enforce_eager": True, "max_model_len": 512})
+    config["student"].update(
+        rollout="vllm-colocate", vllm={"enforce_eager": True, "max_model_len": 512, "kv_cache_gib": 1}
+    )
     path = write_config(tmp_path / "run.yaml", config)
     result = subprocess.run([str(python), "-m", "opdctl", "train", "-c", str(path)], capture_output=True, text=True,
                             timeout=900, check=False)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -139,17 +140,30 @@ def test_train_with_the_vllm_server_student(tiny_models, served_model, student_s
     assert len(steps) == 3 and all(r["logprob_gap_max"] < 1e-4 for r in steps)
 
 
-def test_train_with_the_colocated_vllm_student(tiny_models, served_model, tmp_path):
-    python = opdctl_vllm_python()
+def _train_colocated(tiny_models, served_model, tmp_path, **vllm) -> subprocess.CompletedProcess:
+    """`opdctl train` in the vLLM environment with a colocated vLLM student (3 steps)."""
     config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3})
     config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-colocate",
-                         "vllm": {"enforce_eager": True, "max_model_len": 512}}  # fmt: skip
+                         "vllm": {"enforce_eager": True, "max_model_len": 512, **vllm}}  # fmt: skip
     path = write_config(tmp_path / "c.yaml", config)
-    result = subprocess.run([str(python), "-m", "opdctl", "train", "-c", str(path)], capture_output=True, text=True,
-                            timeout=900, check=False)  # fmt: skip
+    return subprocess.run([str(opdctl_vllm_python()), "-m", "opdctl", "train", "-c", str(path)], capture_output=True,
+                          text=True, timeout=900, check=False)  # fmt: skip
+
+
+def test_train_with_the_colocated_vllm_student(tiny_models, served_model, tmp_path):
+    result = _train_colocated(tiny_models, served_model, tmp_path, kv_cache_gib=1)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"Explicitly set \(1\.0+/", result.stdout + result.stderr)  # the KV cache: kv_cache_gib
     steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
     assert len(steps) == 3 and all(r["logprob_gap_max"] < 1e-4 for r in steps)
+
+
+def test_colocated_memory_refused_by_vllm_names_opdctl_keys(tiny_models, served_model, tmp_path):
+    result = _train_colocated(tiny_models, served_model, tmp_path, gpu_memory_utilization=1.0)  # never all free
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: student.rollout=vllm-colocate: vLLM refused to start: ")
+    assert "student.vllm.gpu_memory_utilization" in error and "student.vllm.kv_cache_gib" in error
 
 
 def test_truncation_is_refused_with_a_vllm_student(tiny_models, served_model, student_server, tmp_path):

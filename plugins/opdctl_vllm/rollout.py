@@ -56,6 +56,13 @@ class VLLMEngineOptions(BaseModel):
         allow_inf_nan=False,
         description="vllm-colocate: share of GPU memory for vLLM (of host memory on CPU).",
     )
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="vllm-colocate: KV cache size in GiB (vLLM's kv_cache_memory_bytes); set, it replaces "
+        "gpu_memory_utilization, which on CPU must be free at start-up as a share of all host memory.",
+    )
     max_model_len: int | None = Field(None, ge=1, description="vllm-colocate: context for the engine.")
     enforce_eager: bool = Field(False, description="vllm-colocate: skip CUDA graphs (needed on CPU).")
 
@@ -117,17 +124,21 @@ class ColocatedEngine:
                 "student.rollout=vllm-colocate needs vllm importable in the training environment "
                 "(pip install vllm; on CPU see docs/vllm.md), or use student.rollout=vllm-server"
             ) from exc
-        kwargs = {"max_model_len": options.max_model_len} if options.max_model_len else {}
-        self.llm = LLM(
-            gpu_memory_utilization=options.gpu_memory_utilization,  # on CPU: the share of host memory
-            model=setup.model,
-            dtype=setup.dtype,
-            enforce_eager=options.enforce_eager,
-            enable_prefix_caching=True,
-            logprobs_mode="raw_logprobs",
-            seed=setup.seed,
-            **kwargs,
-        )
+        try:
+            self.llm = LLM(
+                model=setup.model,
+                dtype=setup.dtype,
+                enforce_eager=options.enforce_eager,
+                enable_prefix_caching=True,
+                logprobs_mode="raw_logprobs",
+                seed=setup.seed,
+                **_memory_settings(options),
+            )
+        except ValueError as exc:  # vLLM's own check of the settings, named by its flags
+            raise BackendError(
+                f"student.rollout=vllm-colocate: vLLM refused to start: {exc} (opdctl's keys: "
+                "student.vllm.gpu_memory_utilization, student.vllm.kv_cache_gib, student.vllm.max_model_len)"
+            ) from exc
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
         from vllm import SamplingParams
@@ -159,6 +170,16 @@ class ColocatedEngine:
 
     def close(self) -> None:
         del self.llm
+
+
+def _memory_settings(options: VLLMEngineOptions) -> dict:
+    """vLLM's memory arguments: an explicit KV cache size when given, else the memory share."""
+    settings: dict = {"gpu_memory_utilization": options.gpu_memory_utilization}  # on CPU: of host memory
+    if options.kv_cache_gib is not None:
+        settings["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2**30)
+    if options.max_model_len is not None:
+        settings["max_model_len"] = options.max_model_len
+    return settings
 
 
 def _ranked(position: dict) -> list[tuple[int, float]]:

@@ -11,6 +11,8 @@ import torch
 from opdctl.backends import Rollouts, Sampling
 from opdctl_hf import HFStudent
 
+COLOCATED = {"enforce_eager": True, "max_model_len": 512, "kv_cache_gib": 1}  # 1 GiB whatever else runs
+
 
 def gap(student: HFStudent, rollouts: Rollouts, engine_lp: torch.Tensor) -> float:
     query = rollouts.response_ids.unsqueeze(-1)
@@ -21,7 +23,7 @@ def gap(student: HFStudent, rollouts: Rollouts, engine_lp: torch.Tensor) -> floa
 
 def main() -> None:
     model = sys.argv[1]
-    config = HFStudent.Config(model=model, rollout="vllm-colocate", vllm={"enforce_eager": True, "max_model_len": 512})
+    config = HFStudent.Config(model=model, rollout="vllm-colocate", vllm=COLOCATED)
     student = HFStudent(config)
     optimizer = torch.optim.AdamW(student.model.parameters(), lr=1e-2)
     prompts = [[1, 21, 18, *range(4, 30)] * 5 + [20, 18]]  # 152 tokens: beyond one 128-token cache block
