@@ -47,19 +47,19 @@ import sys
 import time
 from pathlib import Path
 
+from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION
+
 from opdctl.config import Config, load_config  # first: opdctl sets thread defaults before torch loads
 from opdctl.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
-PLAIN = ["prune.enable=false", "budget.enable=false"]
-TRUNCATION = ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=true"]
 TWO_UPDATES = ", 2 updates per generation"
 OPDCTL_ARMS = {
-    "opdctl plain OPD": PLAIN,
-    "opdctl Prune-OPD": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=false"],
-    "opdctl Prune-OPD + truncation": TRUNCATION,
-    "opdctl plain OPD" + TWO_UPDATES: PLAIN,
-    "opdctl Prune-OPD + truncation" + TWO_UPDATES: TRUNCATION,
+    "opdctl plain OPD": PLAIN_OPD,
+    "opdctl Prune-OPD": PRUNE_OPD,
+    "opdctl Prune-OPD + truncation": PRUNE_OPD_TRUNCATION,
+    "opdctl plain OPD" + TWO_UPDATES: PLAIN_OPD,
+    "opdctl Prune-OPD + truncation" + TWO_UPDATES: PRUNE_OPD_TRUNCATION,
 }
 TRL = "TRL DistillationTrainer"
 PROMPTS_PER_UPDATE = 8

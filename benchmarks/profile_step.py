@@ -22,15 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from methods import PLAIN_OPD, PRUNE_OPD_TRUNCATION
+
 import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 from opdctl.config import load_config
 from opdctl.progress import LogReporter, reporting_to
 from opdctl.start import start_run
 
-METHODS = {
-    "plain OPD": ["prune.enable=false", "budget.enable=false"],
-    "Prune-OPD + truncation": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=true"],
-}
+METHODS = {"plain OPD": PLAIN_OPD, "Prune-OPD + truncation": PRUNE_OPD_TRUNCATION}
 # part of the step -> (file suffix, function name) whose cumulative time it is
 PARTS = {
     "generate (whole decode loop)": ("opdctl_hf/sampling.py", "sample"),

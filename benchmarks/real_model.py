@@ -23,7 +23,11 @@ import statistics
 import time
 from pathlib import Path
 
+import opdctl  # noqa: F401  (first: thread defaults before torch loads)
+
+# isort: split
 import torch
+from methods import PLAIN_OPD
 
 from opdctl.backends import Sampling
 from opdctl.config import load_config
@@ -40,7 +44,7 @@ from opdctl.trainer import Trainer
 def arms(metric: str, threshold: float) -> dict[str, list[str]]:
     calibrated = ["prune.enable=true", f"prune.metric={metric}", f"prune.threshold={threshold}"]
     return {
-        "plain OPD": ["prune.enable=false", "budget.enable=false", "rollout.truncate_on_drift=false"],
+        "plain OPD": PLAIN_OPD,
         "Prune-OPD (paper)": [
             "prune.enable=true",
             "prune.metric=overlap_ratio",

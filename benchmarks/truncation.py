@@ -21,17 +21,17 @@ import statistics
 import time
 from pathlib import Path
 
+import opdctl  # noqa: F401  (first: thread defaults before torch loads)
+
+# isort: split
 import torch
+from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION
 
 from opdctl.config import load_config
 from opdctl.progress import LogReporter, reporting_to
 from opdctl.start import start_run
 
-METHODS = {
-    "plain OPD": ["prune.enable=false", "budget.enable=false", "rollout.truncate_on_drift=false"],
-    "Prune-OPD (paper)": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=false"],
-    "Prune-OPD + truncation": ["prune.enable=true", "budget.enable=true", "rollout.truncate_on_drift=true"],
-}
+METHODS = {"plain OPD": PLAIN_OPD, "Prune-OPD (paper)": PRUNE_OPD, "Prune-OPD + truncation": PRUNE_OPD_TRUNCATION}
 
 
 def run(name: str, seed: int, args: argparse.Namespace) -> dict:

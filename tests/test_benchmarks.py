@@ -1,30 +1,43 @@
-"""The benchmark scripts still import: every name they take from opdctl exists (they are run by hand, not by CI)."""
+"""The benchmark scripts still import: every name they take from opdctl, or from benchmarks/methods.py, exists
+(they are run by hand, not by CI)."""
 
 import ast
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py"))
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+SCRIPTS = sorted(BENCHMARKS.glob("*.py"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
 def test_names_a_benchmark_imports_from_opdctl_exist(script):
+    _on_path(BENCHMARKS)
     for node in ast.walk(ast.parse(script.read_text())):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
             "opdctl",
             "opdctl_hf",
             "opdctl_vllm",
+            "methods",
         ):
             module = importlib.import_module(node.module)
             missing = [alias.name for alias in node.names if not hasattr(module, alias.name)]
             assert not missing, f"{script.name}: {node.module} has no {', '.join(missing)}"
 
 
+def _on_path(directory: Path) -> None:
+    """Import as a script in ``directory`` would: the directory is on the path."""
+    if str(directory) not in sys.path:
+        sys.path.append(str(directory))
+
+
 def _peers():
-    spec = importlib.util.spec_from_file_location("peers", Path(__file__).parent.parent / "benchmarks" / "peers.py")
+    """benchmarks/peers.py as a module, its directory on the path as when it is run as a script."""
+    _on_path(BENCHMARKS)
+    spec = importlib.util.spec_from_file_location("peers", BENCHMARKS / "peers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
