@@ -173,7 +173,8 @@ class ColocatedEngine:
 
 
 def _memory_settings(options: VLLMEngineOptions) -> dict:
-    """vLLM's memory arguments: an explicit KV cache size when given, else the memory share."""
+    """vLLM's sizing arguments: the memory share, and the KV cache size and context length when given (a KV
+    cache size replaces the share: vLLM sizes the cache from it and skips the share's start-up check)."""
     settings: dict = {"gpu_memory_utilization": options.gpu_memory_utilization}  # on CPU: of host memory
     if options.kv_cache_gib is not None:
         settings["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2**30)
