@@ -64,6 +64,13 @@ class VLLMEngineOptions(BaseModel):
         "gpu_memory_utilization, which on CPU must be free at start-up as a share of all host memory.",
     )
     max_model_len: int | None = Field(None, ge=1, description="vllm-colocate: context for the engine.")
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="vllm-colocate: KV cache block in tokens (vLLM's default: 16 on GPU, 128 on CPU). Truncation on "
+        "drift continues rollouts chunk by chunk and the prefix cache keeps whole blocks only: each continuation "
+        "recomputes up to a block of positions per rollout, so 32 suits truncation on CPU.",
+    )
     enforce_eager: bool = Field(False, description="vllm-colocate: skip CUDA graphs (needed on CPU).")
 
 
@@ -173,13 +180,15 @@ class ColocatedEngine:
 
 
 def _memory_settings(options: VLLMEngineOptions) -> dict:
-    """vLLM's sizing arguments: the memory share, and the KV cache size and context length when given (a KV
-    cache size replaces the share: vLLM sizes the cache from it and skips the share's start-up check)."""
+    """vLLM's sizing arguments: the memory share, and the KV cache size, context length and block size when given
+    (a KV cache size replaces the share: vLLM sizes the cache from it and skips the share's start-up check)."""
     settings: dict = {"gpu_memory_utilization": options.gpu_memory_utilization}  # on CPU: of host memory
     if options.kv_cache_gib is not None:
         settings["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2**30)
     if options.max_model_len is not None:
         settings["max_model_len"] = options.max_model_len
+    if options.block_size is not None:
+        settings["block_size"] = options.block_size
     return settings
 
 
