@@ -190,3 +190,51 @@ def test_a_teacher_that_rescores_its_prefix_is_not_streamed_unless_asked():
     for chunking in ("exact", "predicted"):
         assert truncates(validate({"rollout": {"truncate_on_drift": True, "chunking": chunking}}), served)
     assert not truncates(validate({"rollout": {"truncate_on_drift": False, "chunking": "exact"}}), local)
+
+
+class _TransformersEngine:
+    """A rollout engine that generates with transformers (opdctl's own sampler), one whole response per call."""
+
+    def __init__(self, student: HFStudent) -> None:
+        self.student, self.calls = student, 0
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        self.calls += 1
+        return self.student.generate(prompts, sampling)
+
+
+@pytest.mark.parametrize("chunking", ["exact", "predicted"])
+def test_an_engine_continued_chunk_by_chunk_stops_where_the_decode_loop_does(chunking):
+    """Greedy, so continuing prompt + tokens so far gives the same tokens as one pass: the same cuts and reasons.
+    The demo's models, whose greedy answers end at EOS, drift or run to the limit."""
+    from opdctl_hf.chunked import generate_in_chunks
+
+    prune = {**SETTINGS["prune"], "k": 1, "w_drop": 0.2}
+    config = validate({**SETTINGS, "prune": prune, "rollout": {**SETTINGS["rollout"], "chunking": chunking}})
+    student = HFStudent(HFStudent.Config(model="demo:student"))
+    teacher = HFTeacher(HFTeacher.Config(model="demo:teacher"))
+    sampling = Sampling(80, temperature=0.0, record_topk=4)
+
+    def monitored(generate):
+        monitor = DriftMonitor(config, teacher.stream(PROMPTS), len(PROMPTS), 80, 5)
+        return generate(monitor), monitor.scored
+
+    engine = _TransformersEngine(student)
+    chunked, chunked_scored = monitored(lambda m: generate_in_chunks(engine, PROMPTS, sampling, m))
+    looped, looped_scored = monitored(lambda m: student.generate(PROMPTS, sampling, monitor=m))
+    assert set(chunked.finish_reasons) == {"drift", "eos", "length"}, chunked.finish_reasons
+    assert chunked.finish_reasons == looped.finish_reasons
+    assert torch.equal(chunked.lengths, looped.lengths) and torch.equal(chunked_scored, looped_scored)
+    mask = looped.mask
+    for name in ("response_ids", "topk_ids"):
+        assert torch.equal(getattr(chunked, name)[mask], getattr(looped, name)[mask]), name
+    assert torch.allclose(chunked.sampled_logprobs[mask], looped.sampled_logprobs[mask], atol=1e-5)
+    assert engine.calls > 1
+
+
+def test_each_chunk_samples_with_seeds_of_its_own():
+    from opdctl_hf.chunked import chunk_seed
+
+    seeds = [chunk_seed(Sampling(64, seed=seed), start) for seed in (0, 1, 2) for start in (0, 4, 8, 12)]
+    assert len(set(seeds)) == len(seeds)
+    assert chunk_seed(Sampling(64, seed=1), 4) == chunk_seed(Sampling(64, seed=1), 4)  # reproducible

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,9 +141,39 @@ def test_train_with_the_vllm_server_student(tiny_models, served_model, student_s
     assert len(steps) == 3 and all(r["logprob_gap_max"] < 1e-4 for r in steps)
 
 
-def _train_colocated(tiny_models, served_model, tmp_path, **vllm) -> subprocess.CompletedProcess:
-    """`opdctl train` in the vLLM environment with a colocated vLLM student (3 steps)."""
+TRUNCATION = {
+    "rollout": {"truncate_on_drift": True, "chunk_tokens": 4},
+    "prune": {"threshold": 0.7, "w_drop": 0.25},  # four bad events stop a rollout: stops within 24 tokens
+}
+
+
+def _truncated_steps(run: Path) -> list[dict]:
+    """The run's step records, checked for what truncation through an engine must give: rollouts stopped on
+    drift, nothing generated past a stop, and the engine's log-probs of the kept tokens equal to the trainer's."""
+    steps = [r for r in read_metrics(run) if "eval" not in r]
+    assert sum(r["finish_drift"] for r in steps) > 0
+    for record in steps:
+        assert record["tokens_discarded"] == 0 and record["tokens_generated"] == record["tokens_scored"]
+        assert record["logprob_gap_max"] < 1e-4
+    return steps
+
+
+def test_train_with_the_vllm_server_student_truncating_on_drift(tiny_models, served_model, student_server, tmp_path):
     config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3})
+    for name, values in TRUNCATION.items():
+        config[name].update(values)
+    config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-server",
+                         "vllm": {"base_url": student_server.url, "sync_dir": str(tmp_path / "sync")}}  # fmt: skip
+    result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
+    assert result.exit_code == 0, result.output
+    assert len(_truncated_steps(tmp_path / "run")) == 3
+
+
+def _train_colocated(tiny_models, served_model, tmp_path, **vllm) -> subprocess.CompletedProcess:
+    """`opdctl train` in the vLLM environment with a colocated vLLM student (3 steps, truncating on drift)."""
+    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3})
+    for name, values in TRUNCATION.items():
+        config[name].update(values)
     config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-colocate",
                          "vllm": {"enforce_eager": True, "max_model_len": 512, **vllm}}  # fmt: skip
     path = write_config(tmp_path / "c.yaml", config)
@@ -150,12 +181,13 @@ def _train_colocated(tiny_models, served_model, tmp_path, **vllm) -> subprocess.
                           text=True, timeout=900, check=False)  # fmt: skip
 
 
-def test_train_with_the_colocated_vllm_student(tiny_models, served_model, tmp_path):
-    result = _train_colocated(tiny_models, served_model, tmp_path, kv_cache_gib=1)
+def test_train_with_the_colocated_vllm_student_truncating_on_drift(tiny_models, served_model, tmp_path):
+    result = _train_colocated(tiny_models, served_model, tmp_path, kv_cache_gib=1, block_size=32)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"Explicitly set \(1\.0+/", result.stdout + result.stderr)  # the KV cache: kv_cache_gib
-    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
-    assert len(steps) == 3 and all(r["logprob_gap_max"] < 1e-4 for r in steps)
+    log = result.stdout + result.stderr
+    assert re.search(r"Explicitly set \(1\.0+/", log)  # the KV cache: kv_cache_gib
+    assert "'block_size': 32" in log  # vLLM's list of its non-default arguments
+    assert len(_truncated_steps(tmp_path / "run")) == 3
 
 
 def test_colocated_memory_refused_by_vllm_names_opdctl_keys(tiny_models, served_model, tmp_path):
@@ -164,12 +196,3 @@ def test_colocated_memory_refused_by_vllm_names_opdctl_keys(tiny_models, served_
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: student.rollout=vllm-colocate: vLLM refused to start: ")
     assert "student.vllm.gpu_memory_utilization" in error and "student.vllm.kv_cache_gib" in error
-
-
-def test_truncation_is_refused_with_a_vllm_student(tiny_models, served_model, student_server, tmp_path):
-    config = tiny_config(tiny_models, tmp_path / "run", rollout={"truncate_on_drift": True})
-    config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-server",
-                         "vllm": {"base_url": student_server.url, "sync_dir": str(tmp_path / "sync")}}  # fmt: skip
-    result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
-    assert result.exit_code == 1
-    assert "truncate_on_drift is not supported with student.rollout=vllm-server yet" in result.output

@@ -24,8 +24,8 @@ from .sequences import left_pad, positions
 
 
 @dataclass
-class _Record:
-    """Everything the loop keeps per rollout: tokens, the student's top-k, lengths, finish reasons."""
+class RolloutRecord:
+    """Everything a generation keeps per rollout: tokens, the student's top-k, lengths, finish reasons."""
 
     prompts: list[list[int]]
     tokens: torch.Tensor
@@ -36,7 +36,7 @@ class _Record:
     reasons: list[str]
 
     @classmethod
-    def allocate(cls, prompts: list[list[int]], limit: int, k: int, device: torch.device) -> _Record:
+    def allocate(cls, prompts: list[list[int]], limit: int, k: int, device: torch.device) -> RolloutRecord:
         batch = len(prompts)
         return cls(
             prompts=[list(p) for p in prompts],
@@ -56,6 +56,19 @@ class _Record:
             values, ids = logprobs.topk(k, dim=-1)
             self.topk_ids[live, step], self.topk_lp[live, step] = ids, values
         self.lengths[live] += 1
+
+    def extend(self, rows: list[int], start: int, part: Rollouts) -> None:
+        """Append ``part``, the continuations of ``rows`` from decode step ``start`` (one row of ``part`` per row)."""
+        k = self.topk_ids.shape[-1]
+        for i, row in enumerate(rows):
+            n = int(part.lengths[i])
+            span = slice(start, start + n)
+            self.tokens[row, span] = part.response_ids[i, :n]
+            self.sampled_lp[row, span] = part.sampled_logprobs[i, :n]
+            if k:
+                self.topk_ids[row, span], self.topk_lp[row, span] = part.topk_ids[i, :n], part.topk_logprobs[i, :n]
+            self.lengths[row] = start + n
+            self.reasons[row] = part.finish_reasons[i]
 
     def chunk(self, rows: list[int], start: int, stop: int) -> GeneratedChunk:
         """What ``rows`` generated in decode steps [start, stop)."""
@@ -112,7 +125,7 @@ def sample(
     batch, limit = len(prompts), sampling.max_new_tokens
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-    record = _Record.allocate(prompts, limit, sampling.record_topk, device)
+    record = RolloutRecord.allocate(prompts, limit, sampling.record_topk, device)
 
     def finish(rows: torch.Tensor, reason: str) -> None:
         for row in rows.tolist():

@@ -13,10 +13,11 @@ from transformers import PreTrainedTokenizerBase
 from opdctl.backends import EngineSetup, FinishedCallback, GenerationMonitor, RolloutEngine, Rollouts, Sampling
 from opdctl.config import format_validation_error
 from opdctl.distributed import World
-from opdctl.errors import BackendError, ConfigError
+from opdctl.errors import BackendError
 from opdctl.registry import backend_class
 
 from . import sharding
+from .chunked import generate_in_chunks
 from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import Packed, chunked_logprobs, pack, response_hidden
@@ -200,11 +201,9 @@ class HFStudent:
     ) -> Rollouts:
         if self.engine is not None:
             if monitor is not None:
-                raise ConfigError(
-                    f"rollout.truncate_on_drift is not supported with student.rollout={self.config.rollout} yet: "
-                    "set rollout.truncate_on_drift=false or student.rollout=hf"
-                )
-            rollouts = self.engine.generate(prompts, sampling)
+                rollouts = generate_in_chunks(self.engine, prompts, sampling, monitor)
+            else:
+                rollouts = self.engine.generate(prompts, sampling)
             if on_finished:
                 on_finished(list(range(len(rollouts))), rollouts)
             return rollouts
