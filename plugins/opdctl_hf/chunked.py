@@ -5,9 +5,9 @@ chunk instead: the rollouts still running, each as its prompt plus the tokens it
 ``monitor.chunk_tokens`` new tokens at most; the monitor then scores the chunk and stops the
 rollouts whose weight reached the stop level, keeping their tokens up to that position, and
 only the others are continued. vLLM's prefix cache holds what was computed for the earlier
-chunks, so a continuation costs its new tokens and the few positions of its last partial
-cache block. Each chunk samples with seeds of its own (the same seeds again would repeat the
-first chunk's random draws).
+chunks in whole blocks, so a continuation costs its new tokens and the positions of its last,
+partial cache block (``student.vllm.block_size``). Each chunk samples with seeds of its own (the
+same seeds again would repeat the first chunk's random draws).
 """
 
 from __future__ import annotations
