@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+import opdctl  # noqa: F401  (first: thread defaults before torch loads)
+
+# isort: split
 import torch
 
 from opdctl.backends import Sampling

@@ -18,6 +18,9 @@ import platform
 import statistics
 import time
 
+import opdctl  # noqa: F401  (first: thread defaults before torch loads)
+
+# isort: split
 import torch
 
 from opdctl.backends import Sampling

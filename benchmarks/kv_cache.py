@@ -14,6 +14,9 @@ import argparse
 import statistics
 import time
 
+import opdctl  # noqa: F401  (first: thread defaults before torch loads)
+
+# isort: split
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 

@@ -19,6 +19,9 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import opdctl  # noqa: F401  (first: thread defaults before torch loads)
+
+# isort: split
 import openai
 import torch
 

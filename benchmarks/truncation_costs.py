@@ -17,6 +17,9 @@ import argparse
 import random
 import statistics
 
+import opdctl  # noqa: F401  (first: thread defaults before torch loads)
+
+# isort: split
 import torch
 
 from opdctl.monitor import next_chunk
