@@ -159,9 +159,7 @@ def _truncated_steps(run: Path) -> list[dict]:
 
 
 def test_train_with_the_vllm_server_student_truncating_on_drift(tiny_models, served_model, student_server, tmp_path):
-    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3})
-    for name, values in TRUNCATION.items():
-        config[name].update(values)
+    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3}, **TRUNCATION)
     config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-server",
                          "vllm": {"base_url": student_server.url, "sync_dir": str(tmp_path / "sync")}}  # fmt: skip
     result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
@@ -171,9 +169,7 @@ def test_train_with_the_vllm_server_student_truncating_on_drift(tiny_models, ser
 
 def _train_colocated(tiny_models, served_model, tmp_path, **vllm) -> subprocess.CompletedProcess:
     """`opdctl train` in the vLLM environment with a colocated vLLM student (3 steps, truncating on drift)."""
-    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3})
-    for name, values in TRUNCATION.items():
-        config[name].update(values)
+    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3}, **TRUNCATION)
     config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-colocate",
                          "vllm": {"enforce_eager": True, "max_model_len": 512, **vllm}}  # fmt: skip
     path = write_config(tmp_path / "c.yaml", config)
