@@ -144,7 +144,8 @@ class ColocatedEngine:
         except ValueError as exc:  # vLLM's own check of the settings, named by its flags
             raise BackendError(
                 f"student.rollout=vllm-colocate: vLLM refused to start: {exc} (opdctl's keys: "
-                "student.vllm.gpu_memory_utilization, student.vllm.kv_cache_gib, student.vllm.max_model_len)"
+                "student.vllm.gpu_memory_utilization, student.vllm.kv_cache_gib, student.vllm.max_model_len, "
+                "student.vllm.block_size)"
             ) from exc
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
