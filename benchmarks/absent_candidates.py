@@ -19,7 +19,7 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 import torch
 
 from opdctl.backends import Sampling
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.data import chat_prompt
 from opdctl.demo.task import held_out
 from opdctl.losses import opd_loss

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.start import start_run
 

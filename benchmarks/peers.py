@@ -49,7 +49,8 @@ from pathlib import Path
 
 from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION
 
-from opdctl.config import Config, load_config  # first: opdctl sets thread defaults before torch loads
+from opdctl.config import Config  # first: opdctl sets thread defaults before torch loads
+from opdctl.configfile import load_config
 from opdctl.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent

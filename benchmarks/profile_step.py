@@ -25,7 +25,7 @@ from pathlib import Path
 from methods import PLAIN_OPD, PRUNE_OPD_TRUNCATION
 
 import opdctl  # noqa: F401  (first: thread defaults before torch loads)
-from opdctl.config import load_config
+from opdctl.configfile import load_config
 from opdctl.progress import LogReporter, reporting_to
 from opdctl.start import start_run
 

@@ -30,7 +30,7 @@ import torch
 from methods import PLAIN_OPD
 
 from opdctl.backends import Sampling
-from opdctl.config import load_config
+from opdctl.configfile import load_config
 from opdctl.data import chat_prompt
 from opdctl.evaluation.benchmarks import wordproblems
 from opdctl.evaluation.grading import Grader

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 from opdctl.backends import Sampling
-from opdctl.config import Config, load_config
+from opdctl.config import Config
+from opdctl.configfile import load_config
 from opdctl.generation import generate_and_score
 from opdctl.progress import LogReporter, reporting_to
 from opdctl.start import start_run

@@ -27,7 +27,7 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 import torch
 from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION
 
-from opdctl.config import load_config
+from opdctl.configfile import load_config
 from opdctl.progress import LogReporter, reporting_to
 from opdctl.start import start_run
 

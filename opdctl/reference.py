@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from opdctl.config import Config, show_value
+from opdctl.config import Config
+from opdctl.configfile import show_value
 from opdctl.registry import DRIFT_METRICS, LOSS_ESTIMATORS, Registry, backend_class, installed
 
 

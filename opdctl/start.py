@@ -7,12 +7,14 @@ run was started with (plus overrides).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from opdctl.backends import Student, Teacher
-from opdctl.config import BackendConfig, Config, apply_override, read_yaml, resolve_run_dir, validate
+from opdctl.config import BackendConfig, Config
+from opdctl.configfile import apply_override, read_yaml, validate
 from opdctl.data import PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
 from opdctl.errors import BackendError, ConfigError, OpdctlError, RunError
@@ -100,7 +102,8 @@ def _claim_run_dir(config: Config, resume: Path | None, world: World) -> RunDir:
             run.lock.acquire()
             return run
         template = config.output.dir
-        return RunDir.claim(resolve_run_dir(template), unique="{timestamp}" in template)
+        stamped = template.replace("{timestamp}", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        return RunDir.claim(Path(stamped), unique="{timestamp}" in template)
 
     run = _on_main(world, claim)
     return run if isinstance(run, RunDir) else RunDir(run)

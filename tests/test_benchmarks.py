@@ -45,7 +45,7 @@ def _peers():
 
 def test_peer_arms_with_two_updates_per_generation_train_each_update_on_the_same_prompts():
     from opdctl.batching import mini_batches
-    from opdctl.config import load_config
+    from opdctl.configfile import load_config
     from opdctl.data import PromptSampler
 
     peers, n, updates = _peers(), 4, 6

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opdctl.config import demo_config_text, load_config, validate
+from opdctl.configfile import demo_config_text, load_config, validate
 from opdctl.errors import BackendError, ConfigError
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

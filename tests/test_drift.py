@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from opdctl import drift
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.errors import BackendError
 from opdctl.registry import DRIFT_METRICS
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.data import PromptSet
 from opdctl.errors import RunError
 from opdctl.rundir import RunDir

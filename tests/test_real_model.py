@@ -21,7 +21,7 @@ from opdctl import drift
 from opdctl.backends import Sampling
 from opdctl.calibrate import both_views, calibrate
 from opdctl.cli import app
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.data import chat_prompt, load_prompts
 from opdctl.shrink import INFO_FILE, ShrinkSettings, shrink
 from opdctl.sources import package_file, resolve_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from opdctl import registry
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.drift import DriftView
 from opdctl.errors import BackendError, ConfigError
 from opdctl.reference import reference_markdown

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from opdctl.cli import app
-from opdctl.config import load_config
+from opdctl.configfile import load_config
 from opdctl.errors import ConfigError
 from opdctl.rundir import RunDir
 from opdctl.trackers import TensorBoardTracker, Trackers, mlflow_name, require_trackers, scalars

@@ -258,7 +258,7 @@ def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, t
     """The update over length-grouped micro-batches equals one whole-batch update (loss, parameters)."""
     from opdctl.backends import Sampling
     from opdctl.batching import length_groups
-    from opdctl.config import validate
+    from opdctl.configfile import validate
     from opdctl.data import PromptSet
     from opdctl.demo.models import prompt_ids
     from opdctl.demo.task import held_out
@@ -296,7 +296,7 @@ def test_updates_per_step_update_once_per_mini_batch_in_order(tiny_models, tmp_p
     """optim.updates_per_step=2 is two updates, on the first then the second half of the rollouts (the top-k
     estimator needs no correction), with the learning-rate schedule moving at each."""
     from opdctl.backends import Sampling
-    from opdctl.config import validate
+    from opdctl.configfile import validate
     from opdctl.data import PromptSet
     from opdctl.demo.models import prompt_ids
     from opdctl.demo.task import held_out

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from opdctl.backends import EngineSetup, Rollouts, Sampling
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.errors import BackendError, ConfigError
 from opdctl.progress import LogReporter, reporting_to
 from opdctl.served import ServerUnavailable

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from opdctl.backends import Sampling
 from opdctl.cli import app
-from opdctl.config import validate
+from opdctl.configfile import validate
 from opdctl.demo.models import prompt_ids
 from opdctl.demo.task import held_out
 from opdctl.demo.tokenizer import build_tokenizer

@@ -41,7 +41,7 @@ def backends_check(
     """
     from rich.table import Table
 
-    from opdctl.config import load_config
+    from opdctl.configfile import load_config
     from opdctl.console import stdout
     from opdctl.start import check_teacher
 

@@ -82,7 +82,7 @@ def calibrate(
     Example: opdctl calibrate -c examples/smollm2-135m.yaml --target 0.03 --out calibrated.yaml
     """
     from opdctl.calibrate import calibrate as measure
-    from opdctl.config import load_config
+    from opdctl.configfile import load_config
     from opdctl.console import RichReporter, calibration_tables, console, stdout
     from opdctl.progress import reporting_to
 

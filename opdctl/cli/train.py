@@ -34,7 +34,7 @@ def train(
 
         opdctl train --resume runs/20260101-120000
     """
-    from opdctl.config import load_config
+    from opdctl.configfile import load_config
     from opdctl.console import console, stdout, summary_table
     from opdctl.progress import reporting_to
     from opdctl.start import resumed_config, start_run
@@ -70,7 +70,7 @@ def show_config(
     debug: DebugOption = False,
 ) -> None:
     """Print the resolved config (file or demo, plus overrides) as YAML, or the key reference."""
-    from opdctl.config import load_config
+    from opdctl.configfile import load_config
     from opdctl.reference import reference_markdown
 
     def action() -> None:

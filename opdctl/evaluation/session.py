@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from opdctl.backends import Generator
-from opdctl.config import format_validation_error
+from opdctl.configfile import format_validation_error
 from opdctl.demo import DEMO_PREFIX
 from opdctl.errors import BackendError, ConfigError, RunError, reason
 from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P

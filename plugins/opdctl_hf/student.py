@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from transformers import PreTrainedTokenizerBase
 
 from opdctl.backends import EngineSetup, FinishedCallback, GenerationMonitor, RolloutEngine, Rollouts, Sampling
-from opdctl.config import format_validation_error
+from opdctl.configfile import format_validation_error
 from opdctl.distributed import World
 from opdctl.errors import BackendError
 from opdctl.registry import backend_class
