@@ -130,14 +130,20 @@ def _lora_round_trip(served_model, student_server, tmp_path) -> None:
         )
 
 
-def test_train_with_the_vllm_server_student(tiny_models, served_model, student_server, tmp_path):
-    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3})
+def _train_with_the_server(tiny_models, served_model, student_server, tmp_path, **sections) -> Path:
+    """`opdctl train` (3 steps) with the student's rollouts from the vLLM server; the run directory."""
+    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3}, **sections)
     config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-server",
                          "vllm": {"base_url": student_server.url, "served_model": "student",
                                   "sync_dir": str(tmp_path / "sync")}}  # fmt: skip
     result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
     assert result.exit_code == 0, result.output
-    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
+    return tmp_path / "run"
+
+
+def test_train_with_the_vllm_server_student(tiny_models, served_model, student_server, tmp_path):
+    run = _train_with_the_server(tiny_models, served_model, student_server, tmp_path)
+    steps = [r for r in read_metrics(run) if "eval" not in r]
     assert len(steps) == 3 and all(r["logprob_gap_max"] < 1e-4 for r in steps)
 
 
@@ -159,12 +165,8 @@ def _truncated_steps(run: Path) -> list[dict]:
 
 
 def test_train_with_the_vllm_server_student_truncating_on_drift(tiny_models, served_model, student_server, tmp_path):
-    config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 3}, **TRUNCATION)
-    config["student"] = {"backend": "hf", "model": str(served_model), "rollout": "vllm-server",
-                         "vllm": {"base_url": student_server.url, "sync_dir": str(tmp_path / "sync")}}  # fmt: skip
-    result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
-    assert result.exit_code == 0, result.output
-    assert len(_truncated_steps(tmp_path / "run")) == 3
+    run = _train_with_the_server(tiny_models, served_model, student_server, tmp_path, **TRUNCATION)
+    assert len(_truncated_steps(run)) == 3
 
 
 def _train_colocated(tiny_models, served_model, tmp_path, **vllm) -> subprocess.CompletedProcess:
