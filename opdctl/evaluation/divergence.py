@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerBase
 from opdctl.backends import Generator, Sampling, Teacher
 from opdctl.data import chat_prompts
 from opdctl.evaluation.benchmarks import Benchmark
-from opdctl.losses import reverse_kl_estimate
+from opdctl.losses import advantage_sum
 from opdctl.progress import reporter
 
 BATCH = 64
@@ -33,9 +33,8 @@ def held_out_reverse_kl(
             batch = prompts[start : start + BATCH]
             rollouts = student.generate(batch, Sampling(max_new_tokens, 1.0, seed=seed + start))
             scores = teacher.score(rollouts, rollouts.response_ids.unsqueeze(-1), 1)
-            mask = rollouts.mask
-            tokens = int(mask.sum())
-            total += reverse_kl_estimate(rollouts.sampled_logprobs, scores.query_logprobs[..., 0], mask) * tokens
+            advantages, tokens = advantage_sum(rollouts.sampled_logprobs, scores.query_logprobs[..., 0], rollouts.mask)
+            total -= advantages  # the k1 advantage log q(y) - log p(y) is minus the k1 estimate of the KL
             count += tokens
             advance(len(batch), kl=f"{total / max(count, 1):.3f}")
     return (total / count if count else 0.0), count
