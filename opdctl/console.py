@@ -107,7 +107,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
     if summary["skipped_steps"]:
         table.add_row("skipped (non-finite) steps", str(summary["skipped_steps"]))
     table.add_row("training time", f"{summary['seconds']:.0f} s")
+    if "cpu_threads" in summary:
+        table.add_row("CPU threads", _threads(summary["cpu_threads"]))
     return table
+
+
+def _threads(setting: dict[str, Any]) -> str:
+    """'2, waiting threads sleep (why)' or '2, waiting threads spin, then sleep (why)'."""
+    waiting = {"PASSIVE": "sleep", "ACTIVE": "spin"}.get(setting["wait_policy"], "spin, then sleep")
+    return f"{setting['threads']}, waiting threads {waiting} ({setting['why']})"
 
 
 def shrink_table(model: str, out: Path, report: ShrinkReport) -> Table:

@@ -13,12 +13,15 @@ keep the cores over a short window; if they keep at least half a core busy it se
 ``OMP_WAIT_POLICY=PASSIVE``, otherwise it leaves libgomp's default. ``OMP_WAIT_POLICY``
 or ``GOMP_SPINCOUNT`` in the environment always win. A machine that becomes busy after
 the run started is not seen: set ``OMP_WAIT_POLICY=PASSIVE`` yourself on a shared machine.
+What was chosen, and why, goes into a run's summary (:func:`setting`): a run that waited
+passively on a quiet machine can take twice as long.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 WAIT_POLICY = "PASSIVE"
 BUSY_CORES = 0.5  # other processes' CPU use, in cores, from which threads wait passively
@@ -26,12 +29,28 @@ WINDOW_SECONDS = 0.05
 USER_CHOICES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
+_reason = "opdctl.threads.apply_defaults did not run"
+
+
 def apply_defaults() -> None:
     """Let waiting OpenMP threads sleep when other work shares the cores, unless the user chose."""
-    if any(name in os.environ for name in USER_CHOICES):
+    global _reason
+    chosen = [f"{name}={os.environ[name]}" for name in USER_CHOICES if name in os.environ]
+    if chosen:
+        _reason = f"{', '.join(chosen)} in the environment"
         return
-    if others_busy_cores() >= BUSY_CORES:
+    busy = others_busy_cores()
+    if busy >= BUSY_CORES:
         os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    _reason = f"other processes kept {busy:.1f} cores busy at start"
+
+
+def setting() -> dict[str, Any]:
+    """The CPU threads this process computes with, how waiting threads wait, and why (for a run's summary)."""
+    import torch
+
+    policy = os.environ.get("OMP_WAIT_POLICY", "").upper() or "default"
+    return {"threads": torch.get_num_threads(), "wait_policy": policy, "why": _reason}
 
 
 def others_busy_cores(window: float = WINDOW_SECONDS) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from opdctl import threads
 from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores
 from opdctl.batching import mini_batches
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
@@ -321,6 +322,7 @@ class Trainer:
         if note:
             reporter().message(note)
         summary = summarize_run(scan.records, str(self.run.path), self.state.step, self.state.elapsed)
+        summary["cpu_threads"] = threads.setting()
         self.run.write_summary(summary)
         return summary
 

@@ -13,6 +13,11 @@ from opdctl import threads
 PROBE = "import opdctl, os, torch; print(os.environ.get('OMP_WAIT_POLICY', '-'), torch.get_num_threads())"
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_recorded_reason(monkeypatch):
+    monkeypatch.setattr(threads, "_reason", threads._reason)  # restored after each test: summaries read it
+
+
 @pytest.mark.parametrize(("busy", "expected"), [(0.0, None), (0.4, None), (0.5, "PASSIVE"), (1.7, "PASSIVE")])
 def test_passive_waits_only_when_other_work_keeps_a_core_busy(monkeypatch, busy, expected):
     environ = {k: v for k, v in os.environ.items() if k not in threads.USER_CHOICES}
@@ -20,6 +25,9 @@ def test_passive_waits_only_when_other_work_keeps_a_core_busy(monkeypatch, busy,
     monkeypatch.setattr(threads, "others_busy_cores", lambda: busy)
     threads.apply_defaults()
     assert environ.get("OMP_WAIT_POLICY") == expected
+    setting = threads.setting()
+    assert setting["wait_policy"] == (expected or "default")
+    assert setting["why"] == f"other processes kept {busy:.1f} cores busy at start"
 
 
 @pytest.mark.parametrize("choice", [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "1000")])
@@ -30,6 +38,7 @@ def test_the_users_choice_wins(monkeypatch, choice):
     monkeypatch.setattr(threads, "others_busy_cores", lambda: 2.0)
     threads.apply_defaults()
     assert environ.get("OMP_WAIT_POLICY") == (choice[1] if choice[0] == "OMP_WAIT_POLICY" else None)
+    assert threads.setting()["why"] == f"{choice[0]}={choice[1]} in the environment"
 
 
 def _spin(stop) -> None:

@@ -16,6 +16,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
+from opdctl import threads
 from opdctl.cli import app
 from opdctl.rundir import RunDir
 
@@ -75,6 +76,7 @@ def test_run_directory_holds_config_metrics_traces_checkpoints(tiny_run):
     AutoModelForCausalLM.from_pretrained(checkpoint)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4
+    assert summary["cpu_threads"] == threads.setting()  # what the run computed with, and why
     assert not list(run_dir.rglob(".*partial*"))
 
 
@@ -248,9 +250,11 @@ def test_console_script_runs(tiny_models, tmp_path):
     config = tiny_config(tiny_models, tmp_path / "run", optim={"steps": 1})
     path = write_config(tmp_path / "c.yaml", config)
     script = Path(sys.executable).parent / "opdctl"
-    result = subprocess.run([str(script), "train", "-c", str(path)], capture_output=True, text=True, check=False)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "COLUMNS": "200"}
+    result = subprocess.run([str(script), "train", "-c", str(path)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "tokens generated" in result.stdout
+    assert "waiting threads sleep (OMP_WAIT_POLICY=PASSIVE in the environment)" in result.stdout
 
 
 @pytest.mark.parametrize("estimator", ["topk", "sampled"])
