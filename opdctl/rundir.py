@@ -114,7 +114,7 @@ class RunDir:
         if not run.config_path.is_file():
             kind = directory_kind(run.path)
             what = f"an {kind} directory" if kind else "not an opdctl run directory (it has no config.yaml)"
-            raise RunError(f"{path} is {what}: --resume takes a directory written by opdctl train")
+            raise RunError(f"{path} is {what}: pass a run directory, one that opdctl train wrote")
         return run
 
     def abandon(self) -> None:

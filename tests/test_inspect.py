@@ -143,7 +143,7 @@ def test_a_running_run_is_read_up_to_its_complete_steps(runs, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["{tmp}"], "is not an opdctl run directory"),
+        (["{tmp}"], "is not an opdctl run directory (it has no config.yaml): pass a run directory, one that opdctl"),
         (["{tmp}/nowhere"], "run directory not found"),
         (["{run}", "--steps", "50:60"], "has no traces in steps 50-60"),
         (["{run}", "--step", "1"], "--step and --rollout go together"),
