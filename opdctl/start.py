@@ -168,12 +168,30 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
     return trainer
 
 
+FIXED_ON_RESUME = {
+    "output.dir": "the run goes on in its own directory",
+    "student.model": "the student goes on from the run's checkpoints of the model it started with",
+}
+
+
 def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The config a run was started with, plus command-line overrides."""
+    """The config a run was started with, plus command-line overrides (which may not move the run or swap
+    its student)."""
     run = RunDir.open(run_dir)
     raw = read_yaml(run.config_path)
     if not raw:
         raise RunError(f"{run_dir}/config.yaml is empty: the run never started; start a new run instead")
+    started = validate(raw)
     for override in overrides:
         apply_override(raw, override)
-    return validate(raw)
+    config = validate(raw)
+    for key, reason in FIXED_ON_RESUME.items():
+        before, after = (_dotted(c, key) for c in (started, config))
+        if after != before:
+            raise ConfigError(f"{key}={after} cannot change on --resume ({reason}: {before}); start a new run instead")
+    return config
+
+
+def _dotted(config: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)

@@ -236,6 +236,21 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_models, tmp_path
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("output.dir={tmp}/elsewhere", "output.dir={tmp}/elsewhere cannot change on --resume"),
+     ("student.model={teacher}", "student.model={teacher} cannot change on --resume")],
+)  # fmt: skip
+def test_resume_refuses_to_move_the_run_or_swap_its_student(tiny_run, tiny_models, tmp_path, override, named):
+    run_dir, _ = tiny_run
+    before = (run_dir / "config.yaml").read_text()
+    fill = {"tmp": tmp_path, "teacher": tiny_models["teacher"]}
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), override.format(**fill)])
+    assert result.exit_code == 1 and named.format(**fill) in result.output
+    assert "start a new run instead" in result.output
+    assert (run_dir / "config.yaml").read_text() == before and not (tmp_path / "elsewhere").exists()
+
+
 def test_resume_can_extend_a_finished_run(tiny_run, tmp_path):
     import shutil
 
