@@ -10,7 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from opdctl.errors import ConfigError
+
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+UMASK = os.umask(0o022)  # read (the only way) and put back at once
+os.umask(UMASK)
 
 
 def disk_full(path: Path, margin: int = 1 << 20) -> bool:
@@ -28,16 +32,36 @@ def write_failure(exc: OSError, fallback: Path, resume: str) -> str | None:
     return f"cannot write {exc.filename or fallback}: {exc.strerror}; make room, then continue with {resume}"
 
 
+def output_file(path: Path, option: str) -> Path:
+    """``path`` if a file can be written there, else a one-line error naming ``option`` (checked before work)."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory: give a file name")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{option} {path}: {parent} is a file, not a directory")
+    return path
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    with replaced_atomically(path) as tmp, open(tmp, "wb" if isinstance(data, bytes) else "w") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A new temporary file beside ``path`` that replaces ``path`` if the block finishes, else is removed.
+
+    It gets the permissions a plain ``open`` would give (0644 under the usual umask), not the owner-only
+    0600 of a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, 0o666 & ~UMASK)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -53,12 +77,16 @@ def _name_file(exc: BaseException, path: Path) -> None:
 
 @contextmanager
 def atomic_directory(path: Path) -> Iterator[Path]:
-    """A staging directory that becomes ``path`` only if the block finishes."""
+    """A staging directory that becomes ``path`` only if the block finishes; its files get the permissions a
+    plain ``open`` gives (some writers, e.g. of model.safetensors, leave them owner-only)."""
     staging = path.with_name(f".{path.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         yield staging
+        for file in staging.rglob("*"):
+            if file.is_file():
+                file.chmod(0o666 & ~UMASK)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _name_file(exc, path)

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 
 from opdctl.checkpoint import checkpoint_problem, write_manifest
 from opdctl.errors import RunError
-from opdctl.files import append_line, atomic_directory, atomic_write, disk_full
+from opdctl.files import append_line, atomic_directory, atomic_write, disk_full, replaced_atomically
 from opdctl.jsonl import MetricsScan, scan_jsonl
 from opdctl.ownership import LOCK_FILE, DirLock, check_output, directory_kind
 
@@ -173,16 +172,8 @@ class RunDir:
     def write_traces(self, step: int, tokens: pa.Table, rollouts: pa.Table) -> None:
         """Rollout table first: a token file never exists without its rollout file."""
         for table, data in (("rollouts", rollouts), ("tokens", tokens)):
-            path = self.traces_path / table / f"{step_name(step)}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            os.close(fd)
-            try:
+            with replaced_atomically(self.traces_path / table / f"{step_name(step)}.parquet") as tmp:
                 pq.write_table(data, tmp, compression="zstd")
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
 
     def trace_files(self, table: str) -> list[Path]:
         directory = self.traces_path / table

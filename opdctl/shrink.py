@@ -113,12 +113,14 @@ def shrink(model: str, out: Path, settings: ShrinkSettings) -> ShrinkReport:
 
 
 def _check(out: Path, settings: ShrinkSettings) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a new directory")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty: give a new directory")
     if settings.samples <= settings.calibration + settings.held_out:
         raise ConfigError(
-            f"--samples {settings.samples} must exceed the calibration ({settings.calibration}) and held-out "
-            f"({settings.held_out}) samples: the rest is the warm-up's"
+            f"--samples {settings.samples} must exceed --calibration plus --held-out "
+            f"({settings.calibration} + {settings.held_out}): the rest is the warm-up's"
         )
 
 

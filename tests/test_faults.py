@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from opdctl import files
 from opdctl.cli import app
 from opdctl.demo.task import held_out
 from opdctl.rundir import RunDir
@@ -443,6 +445,34 @@ def test_odd_output_places_are_refused_before_anything_loads(tiny_models, tmp_pa
         assert_one_line_error(run_cli("train", "-c", path, f"output.dir={target}"), fragment, "output.dir")
     result = run_cli("eval", "--bench", "synthetic", "--model", tiny_models["student"], "-o", a_file)
     assert_one_line_error(result, "is a file", "--output")
+
+
+def test_odd_output_files_are_refused_before_any_work(finished_run, tmp_path, monkeypatch):
+    def no_calibration(*args):
+        raise AssertionError("calibrated before checking where its output goes")
+
+    monkeypatch.setattr("opdctl.calibrate.calibrate", no_calibration)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["report", finished_run, "-o", tmp_path], "--output", "is a directory: give a file name"),
+        (["report", finished_run, "-o", a_file / "r.html"], "--output", "is a file, not a directory"),
+        (["calibrate", "--out", tmp_path], "--out", "is a directory: give a file name"),
+        (["calibrate", "--plot", tmp_path / "c.txt"], "--plot", "use a file name ending in .png"),
+        (["calibrate", "--plot", tmp_path], "--plot", "use a file name ending in .png"),
+        (["shrink", "demo:teacher", "--keep-layers", "1", "--out", a_file], "--out", "is a file: give a new directory"),
+    ]
+    for args, *fragments in cases:
+        assert_one_line_error(run_cli(*args), *fragments)
+    assert a_file.read_text() == "x" and {p.name for p in tmp_path.iterdir()} == {"a-file"}
+
+
+def test_files_in_a_run_directory_are_readable_as_a_plain_open_makes_them(finished_run):
+    expected = 0o666 & ~files.UMASK  # 0644 under the usual umask: others can read a shared run
+    checkpoint = finished_run / "checkpoints" / "step_000004"
+    written = [finished_run / "config.yaml", finished_run / "summary.json", *checkpoint.iterdir(),
+               *(finished_run / "traces").rglob("*.parquet")]  # fmt: skip
+    assert {str(path): stat.S_IMODE(path.stat().st_mode) for path in written} == {str(p): expected for p in written}
 
 
 def test_timestamped_run_names_never_collide(tmp_path):

@@ -72,9 +72,12 @@ def report(
         opdctl report RUN --compare RUN_PLAIN -o drift.html
     """
     from opdctl.console import console
+    from opdctl.files import output_file
     from opdctl.inspect.report import write_report
 
     def action() -> None:
+        if output is not None:
+            output_file(output, "--output")
         path = write_report(run_dir, output, compare, rollouts, level)
         console.print(f"[dim]·[/dim] wrote {path}", highlight=False)
 

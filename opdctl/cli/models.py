@@ -84,11 +84,18 @@ def calibrate(
     from opdctl.calibrate import calibrate as measure
     from opdctl.configfile import load_config
     from opdctl.console import RichReporter, calibration_tables, console, stdout
+    from opdctl.files import output_file
     from opdctl.progress import reporting_to
 
     def action() -> None:
         quiet_libraries()
         cfg = load_config(config, overrides or [])
+        if out is not None:
+            output_file(out, "--out")
+        if plot is not None:
+            from opdctl.inspect.plots import figure_path
+
+            figure_path(plot)  # both checked before minutes of calibration
         with reporting_to(RichReporter()):
             result = measure(cfg, target, samples, max_new_tokens)
         for table in calibration_tables(result):

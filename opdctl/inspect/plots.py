@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from opdctl.errors import ConfigError
+from opdctl.files import output_file
 from opdctl.inspect.profile import PositionProfile
 from opdctl.inspect.reader import RunTraces
 from opdctl.inspect.summary import RunSummary
@@ -39,6 +40,13 @@ def weight_map(traces: RunTraces, step: int) -> tuple[np.ndarray, list[int], lis
     return grid, [rollouts["first_bad"][i] for i in rows], [rollouts["finish_reason"][i] for i in rows]
 
 
+def figure_path(path: Path) -> Path:
+    """``path`` if a figure can be written there (by its extension: PNG, SVG or PDF), else a one-line error."""
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigError(f"--plot {path}: use a file name ending in {', '.join(FORMATS)}")
+    return output_file(path, "--plot")
+
+
 def draw(
     path: Path,
     traces: RunTraces,
@@ -48,8 +56,7 @@ def draw(
     other: tuple[RunTraces, RunSummary] | None = None,
 ) -> Path:
     """Write the figure to ``path`` (PNG, SVG or PDF by extension)."""
-    if path.suffix.lower() not in FORMATS:
-        raise ConfigError(f"--plot {path}: use a file name ending in {', '.join(FORMATS)}")
+    figure_path(path)
     fig, axes = plt.subplots(2, 2, figsize=(15, 9.5), constrained_layout=True)
     _steps_panel(axes[0][0], summary, other[1] if other else None)
     _length_panel(axes[0][1], summary, other[1] if other else None)
@@ -224,8 +231,7 @@ def time_figure(name: str, records: list[dict]) -> str:
 
 def calibration_figure(result: Calibration, path: Path) -> None:
     """One histogram per drift signal: its values on the teacher's own text and on the student's rollouts."""
-    if path.suffix.lower() not in FORMATS:
-        raise ConfigError(f"--plot {path}: use a file name ending in {', '.join(FORMATS)}")
+    figure_path(path)
     signals = result.signals()
     columns = 4
     rows = -(-len(signals) // columns)
