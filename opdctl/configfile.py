@@ -26,6 +26,8 @@ def demo_config_text() -> str:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``, with one-line errors for a missing or malformed file."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory: pass a YAML file to -c")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing YAML file to -c)")
     try:

@@ -82,6 +82,9 @@ def _command() -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+KIND_NAMES = {"run": "a run directory (written by opdctl train)", "evaluation": "an evaluation's output (opdctl eval)"}
+
+
 def directory_kind(path: Path) -> str | None:
     """'run' for a training run's directory, 'evaluation' for an evaluation's output, else None."""
     path = Path(path)
@@ -107,8 +110,7 @@ def check_output(path: Path, kind: str, flag: str) -> None:
         raise RunError(f"{path} is a file, not a directory: choose another {flag}")
     found = directory_kind(path) if path.is_dir() else None
     if found and found != kind:
-        hint = "opdctl train --resume" if found == "run" else "opdctl eval --output"
-        raise RunError(f"{path} is an {found} directory (written by {hint}), not an {kind}'s: choose another {flag}")
+        raise RunError(f"{path} is {KIND_NAMES[found]}, not a place for a new {kind}: choose another {flag}")
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise RunError(f"cannot create {path}: {existing} is a file: choose another {flag}")

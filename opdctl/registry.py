@@ -39,14 +39,15 @@ def installed(kind: str) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=BACKEND_GROUPS[kind])}
 
 
-def backend_class(kind: str, name: str) -> type:
-    """Load the class registered for backend ``name``; unknown names list what is installed."""
+def backend_class(kind: str, name: str, setting: str | None = None) -> type:
+    """Load the class registered for backend ``name``; unknown names list what is installed and name the
+    ``setting`` that chose it (by default the config key, e.g. teacher.backend)."""
     available = installed(kind)
     if name not in available:
         names = ", ".join(sorted(available)) or "none"
         raise BackendError(
             f"unknown {kind} backend {name!r}: installed {kind} backends are {names} "
-            f"(set {BACKEND_KEYS[kind]} to one of them, or install the plugin that provides {name!r})"
+            f"(set {setting or BACKEND_KEYS[kind]} to one of them, or install the plugin that provides {name!r})"
         )
     return _load(available[name], f"{kind} backend {name!r}")
 

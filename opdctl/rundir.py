@@ -36,7 +36,7 @@ from opdctl.checkpoint import checkpoint_problem, write_manifest
 from opdctl.errors import RunError
 from opdctl.files import append_line, atomic_directory, atomic_write, disk_full, replaced_atomically
 from opdctl.jsonl import MetricsScan, scan_jsonl
-from opdctl.ownership import LOCK_FILE, DirLock, check_output, directory_kind
+from opdctl.ownership import KIND_NAMES, LOCK_FILE, DirLock, check_output, directory_kind
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
 TRACE_PATTERN = re.compile(r"^step_(\d{6,})\.parquet$")
@@ -108,11 +108,13 @@ class RunDir:
     def open(cls, path: Path) -> RunDir:
         """An existing run directory; a directory that is not one gets a clear error."""
         run = cls(path)
+        if run.path.is_file():
+            raise RunError(f"{path} is a file: pass a run directory, one that opdctl train wrote")
         if not run.path.is_dir():
             raise RunError(f"run directory not found: {path}")
         if not run.config_path.is_file():
             kind = directory_kind(run.path)
-            what = f"an {kind} directory" if kind else "not an opdctl run directory (it has no config.yaml)"
+            what = KIND_NAMES[kind] if kind else "not an opdctl run directory (it has no config.yaml)"
             raise RunError(f"{path} is {what}: pass a run directory, one that opdctl train wrote")
         return run
 

@@ -82,7 +82,7 @@ def shrink(model: str, out: Path, settings: ShrinkSettings) -> ShrinkReport:
     started = time.perf_counter()
     _check(out, settings)
     hf = backend_class("teacher", "hf")
-    backend = hf(hf.Config(model=model, device="cpu", dtype="float32"))
+    backend = hf(hf.Config(model=model, device="cpu", dtype="float32"), setting="MODEL")
     teacher, tokenizer = backend.model, backend.tokenizer
     layers = _decoder_layers(teacher)
     if not 1 <= settings.keep_layers < len(layers):

@@ -37,6 +37,17 @@ def test_missing_model_path(tiny_models, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_directory_given_as_a_model_names_its_checkpoint(tiny_models, tmp_path):
+    run = tmp_path / "old-run"
+    for step in ("step_000002", "step_000004"):
+        (run / "checkpoints" / step).mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    result = _bad_run(tiny_models, tmp_path, student={"model": str(run)})
+    assert_one_line_error(result, f"student.model='{run}' is a training run", f"e.g. {run}/checkpoints/step_000004")
+    result = run_cli("shrink", str(run), "--keep-layers", "1", "--out", str(tmp_path / "student"))
+    assert_one_line_error(result, f"MODEL='{run}' is a training run")
+
+
 def test_unknown_backend(tiny_models, tmp_path):
     result = _bad_run(tiny_models, tmp_path, teacher={"backend": "tgi"})
     assert_one_line_error(result, "unknown teacher backend 'tgi'", "installed teacher backends are hf")
@@ -83,6 +94,7 @@ def test_bad_config_value(tmp_path):
 
 def test_missing_config_file(tmp_path):
     assert_one_line_error(run_cli("train", "-c", str(tmp_path / "none.yaml")), "config file not found")
+    assert_one_line_error(run_cli("config", "-c", str(tmp_path)), f"config file {tmp_path} is a directory")
 
 
 def test_resume_of_something_that_is_not_a_run(tmp_path):

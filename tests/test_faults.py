@@ -220,9 +220,10 @@ def test_evaluation_into_a_run_directory_is_refused(finished_run, tiny_models, t
     run_dir = copy_run(finished_run, tmp_path)
     summary = (run_dir / "summary.json").read_text()
     data = demo_file(tmp_path / "mini.jsonl", 2)
-    for output in (run_dir, run_dir / "evals"):
+    for output, why in ((run_dir, "is a run directory (written by opdctl train), not a place for a new evaluation"),
+                        (run_dir / "evals", "is inside the run directory")):  # fmt: skip
         result = run_cli("eval", "--data", data, "--model", tiny_models["student"], "--max-new-tokens", 4, "-o", output)
-        assert_one_line_error(result, str(run_dir), "run directory", "--output")
+        assert_one_line_error(result, str(run_dir), why, "--output")
     assert (run_dir / "summary.json").read_text() == summary
     assert not (run_dir / "settings.json").exists() and not (run_dir / "evals").exists()
 
@@ -233,8 +234,9 @@ def test_evaluation_into_a_run_directory_is_refused(finished_run, tiny_models, t
     assert result.exit_code == 0, result.output
     eval_files = {p.name: p.read_bytes() for p in out.iterdir()}
     path, _ = new_config(tiny_models, tmp_path, "into-eval")
-    for target in (out, out / "run"):
-        assert_one_line_error(run_cli("train", "-c", path, f"output.dir={target}"), str(out), "evaluation")
+    for target, why in ((out, "is an evaluation's output (opdctl eval), not a place for a new run"),
+                        (out / "run", "is inside the evaluation directory")):  # fmt: skip
+        assert_one_line_error(run_cli("train", "-c", path, f"output.dir={target}"), str(out), why)
         assert_one_line_error(run_cli("train", "--resume", target), str(target))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == eval_files
 

@@ -145,7 +145,14 @@ def test_a_running_run_is_read_up_to_its_complete_steps(runs, tmp_path):
     [
         (["{tmp}"], "is not an opdctl run directory (it has no config.yaml): pass a run directory, one that opdctl"),
         (["{tmp}/nowhere"], "run directory not found"),
-        (["{run}", "--steps", "50:60"], "has no traces in steps 50-60"),
+        (["{run}/config.yaml"], "config.yaml is a file: pass a run directory, one that opdctl train wrote"),
+        (["{run}", "--steps", "50:60"], "has no traces in steps 50-60 (traced: steps 1-"),
+        (["{run}", "--steps", "1:"], "--steps '1:': give N or A:B"),
+        (["{run}", "--step", "1", "--rollout", "0", "--tokens", "abc"], "--tokens 'abc': give N or A:B"),
+        (
+            ["{run}", "--step", "1", "--rollout", "0", "--tokens", "9000:9001"],
+            "--tokens 9000:9001: rollout 0 of step 1 has",
+        ),
         (["{run}", "--step", "1"], "--step and --rollout go together"),
         (["{run}", "--step", "99", "--rollout", "0"], "step 99 was not traced"),
         (["{run}", "--step", "1", "--rollout", "99"], "rollout 99 of step 1 was not traced"),

@@ -163,7 +163,7 @@ def _warn_unanswered(scores: list[BenchmarkScore], benchmarks: list[Benchmark]) 
 def _check(request: EvalRequest) -> None:
     """Combinations of options that cannot work, as one-line errors."""
     if request.top_p <= 0:
-        raise ConfigError(f"--top-p {request.top_p:g}: must be above 0 (1 samples from every token)")
+        raise ConfigError(f"--top-p {request.top_p:g}: must be above 0 (at 1 every token can be sampled)")
     too_big = [k for k in request.pass_k if k > request.n]
     if too_big:
         raise ConfigError(f"--pass-k {too_big[0]} is larger than -n {request.n}: pass@k needs at least k samples")
@@ -217,7 +217,7 @@ def load_generator(request: EvalRequest, ref: ModelRef) -> tuple[Generator, PreT
     concurrency; a local one the model, dtype and device.
     """
     name = engine_name(request)
-    cls = backend_class("teacher", name)
+    cls = backend_class("teacher", name, setting="--backend")
     if request.base_url:
         options = {"model": request.served_model, "base_url": request.base_url, "max_concurrency": request.concurrency}
     else:
@@ -237,11 +237,20 @@ def engine_name(request: EvalRequest) -> str:
     return request.backend or ("vllm" if request.base_url else "hf")
 
 
+OPTIONS = {"model": "--model", "dtype": "--dtype", "device": "--device", "base_url": "--base-url",
+           "max_concurrency": "--concurrency"}  # fmt: skip
+
+
 def _backend_config(cls: type, options: dict[str, Any]) -> Any:
+    """The backend's config from eval's options; a value it refuses is named by its command-line option."""
     try:
         return cls.Config(**options)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, cls.Config)) from None
+        message = format_validation_error(exc, cls.Config)
+        field = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
+        if field in OPTIONS:
+            message = message.replace(f"config error: {field}=", f"{OPTIONS[field]} ", 1)
+        raise ConfigError(message) from None
 
 
 def _tokenizer(source: str) -> PreTrainedTokenizerBase:

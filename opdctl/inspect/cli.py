@@ -17,9 +17,9 @@ COLORS = ("weight", "overlap", "signal")
 
 def parse_range(text: str, option: str) -> tuple[int, int]:
     """'N' or 'A:B' (inclusive) as a pair of integers."""
-    first, _, last = text.partition(":")
+    first, colon, last = text.partition(":")
     try:
-        bounds = (int(first), int(last or first))
+        bounds = (int(first), int(last if colon else first))
     except ValueError:
         raise ConfigError(f"{option} {text!r}: give N or A:B, e.g. {option} 1:50") from None
     if bounds[0] > bounds[1]:
@@ -50,6 +50,7 @@ def run_inspect(
     if color not in COLORS:
         raise ConfigError(f"--color {color!r}: use one of {', '.join(COLORS)}")
     window = parse_range(steps, "--steps") if steps else None
+    positions = parse_range(tokens, "--tokens") if tokens else None
     traces = RunTraces(run_dir, window)
     other = RunTraces(compare, window) if compare else None
     for warning in [*traces.warnings, *(other.warnings if other else [])]:
@@ -58,6 +59,9 @@ def run_inspect(
     other_summary = summarize(other, level, rows) if other else None
     prof = position_profile(traces, bin_size) if profile or plot else None
     view = rollout_view(traces, step, rollout) if step is not None else None
+    if view and positions and positions[0] >= len(view.tokens):
+        last = f"positions 0-{len(view.tokens) - 1}" if view.tokens else "no tokens"
+        raise ConfigError(f"--tokens {tokens}: rollout {rollout} of step {step} has {len(view.tokens)} tokens ({last})")
     report = {"summary": summary.to_dict()}
     if prof and profile:
         report["profile"] = prof.to_dict()
@@ -86,6 +90,5 @@ def run_inspect(
         stdout.print(profile_view(prof))
     if view:
         stdout.print(rollout_view_text(view, color))
-        if tokens:
-            start, end = parse_range(tokens, "--tokens")
-            stdout.print(token_table(view, start, end + 1))
+        if positions:
+            stdout.print(token_table(view, positions[0], positions[1] + 1))

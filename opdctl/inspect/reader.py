@@ -39,8 +39,12 @@ class RunTraces:
             self.warnings.append(note)
         self._tokenizer = None
         if not self.files:
-            where = f" in steps {steps[0]}-{steps[1]}" if steps else ""
-            raise RunError(f"{self.path} has no traces{where} (runs record them when output.trace_every > 0)")
+            raise RunError(self._no_traces(steps, sorted(files)))
+
+    def _no_traces(self, steps: tuple[int, int] | None, traced: list[int]) -> str:
+        if steps and traced:
+            return f"{self.path} has no traces in steps {steps[0]}-{steps[1]} (traced: steps {traced[0]}-{traced[-1]})"
+        return f"{self.path} has no traces (runs record them when output.trace_every > 0)"
 
     def _readable(self, *paths: Path) -> bool:
         """Whether both trace files of a step open as parquet (else a warning names the damaged one)."""

@@ -86,6 +86,10 @@ def _source(setting: str, config: HFConfig) -> str:
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     found = [(Path(source).expanduser() / name).is_file() for name in ("config.json", ADAPTER_FILE)]
     if looks_local and not any(found):
+        checkpoints = sorted((Path(source).expanduser() / "checkpoints").glob("step_*"))
+        if checkpoints:
+            raise BackendError(f"{setting}={config.model!r} is a training run: give one of its checkpoints, "
+                               f"e.g. {checkpoints[-1]}")  # fmt: skip
         raise BackendError(
             f"{setting}={config.model!r}: no Hugging Face model at {source} "
             "(expected a directory with config.json; give a local model directory, a .gguf file, a hub id, "
