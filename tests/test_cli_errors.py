@@ -95,6 +95,8 @@ def test_bad_config_value(tmp_path):
 def test_missing_config_file(tmp_path):
     assert_one_line_error(run_cli("train", "-c", str(tmp_path / "none.yaml")), "config file not found")
     assert_one_line_error(run_cli("config", "-c", str(tmp_path)), f"config file {tmp_path} is a directory")
+    for ignored in (["-c", str(tmp_path / "none.yaml")], ["optim.steps=3"]):
+        assert_one_line_error(run_cli("config", "--reference", *ignored), "--reference lists every key's default")
 
 
 def test_resume_of_something_that_is_not_a_run(tmp_path):

@@ -158,6 +158,7 @@ def test_a_running_run_is_read_up_to_its_complete_steps(runs, tmp_path):
         (["{run}", "--step", "1", "--rollout", "99"], "rollout 99 of step 1 was not traced"),
         (["{run}", "--steps", "x"], "--steps 'x': give N or A:B"),
         (["{run}", "--plot", "{tmp}/fig.gif"], "use a file name ending in .png, .svg, .pdf"),
+        (["{run}", "--plot-step", "1"], "--plot-step chooses the step of the figure: add --plot FILE"),
         (["{run}", "--color", "pink"], "--color 'pink'"),
     ],
 )

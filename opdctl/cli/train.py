@@ -74,6 +74,8 @@ def show_config(
     from opdctl.reference import reference_markdown
 
     def action() -> None:
+        if reference and (config or overrides):
+            raise OpdctlError("--reference lists every key's default, whatever the config: drop -c and overrides")
         text = reference_markdown() if reference else load_config(config, overrides or []).to_yaml()
         sys.stdout.write(text)
 

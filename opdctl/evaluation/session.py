@@ -111,7 +111,7 @@ def run_eval(request: EvalRequest) -> EvalResult:
                     for benchmark in benchmarks
                 ]
             total = overall(scores)
-            _warn_unanswered(scores, benchmarks)
+            _warn_unanswered(scores, benchmarks, out.responses_path)
             seconds = time.perf_counter() - started
             out.write_summary(_summary(request, ref, benchmarks, scores, total, seconds))
         except OSError as exc:
@@ -147,7 +147,7 @@ def _run_benchmark(
     return score(benchmark.name, earlier + rows, request.pass_k)
 
 
-def _warn_unanswered(scores: list[BenchmarkScore], benchmarks: list[Benchmark]) -> None:
+def _warn_unanswered(scores: list[BenchmarkScore], benchmarks: list[Benchmark], responses: Path) -> None:
     """Say so when most responses have no answer to grade: 0% then means the format, not the maths."""
     lenient = {b.name for b in benchmarks if b.lenient}
     for s in scores:
@@ -155,7 +155,7 @@ def _warn_unanswered(scores: list[BenchmarkScore], benchmarks: list[Benchmark]) 
             wanted = "neither a \\boxed{} answer nor a number" if s.name in lenient else "no \\boxed{} answer"
             reporter().message(
                 f"warning: {s.no_answer:.0%} of {s.name}'s responses have {wanted}, so they count as wrong: "
-                "the model may not follow the prompt's answer format (see the responses in responses.jsonl; "
+                f"the model may not follow the prompt's answer format (see the responses in {responses}; "
                 "--prompt-template changes the instruction)"
             )
 
@@ -169,6 +169,8 @@ def _check(request: EvalRequest) -> None:
         raise ConfigError(f"--pass-k {too_big[0]} is larger than -n {request.n}: pass@k needs at least k samples")
     if request.base_url and not request.served_model:
         raise ConfigError("--base-url needs --served-model NAME (the name vllm serves the model under)")
+    if request.served_model and not request.base_url:
+        raise ConfigError("--served-model needs --base-url URL (the vLLM server that serves it)")
     if request.base_url and not (request.tokenizer or request.model):
         raise ConfigError("--base-url needs the model's tokenizer: give --model (path, hub id) or --tokenizer")
     if not request.base_url and not request.model:

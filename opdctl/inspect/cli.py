@@ -47,6 +47,8 @@ def run_inspect(
         raise ConfigError("--step and --rollout go together: give both to show one rollout")
     if tokens and step is None:
         raise ConfigError("--tokens lists positions of one rollout: add --step N --rollout I")
+    if plot_step is not None and plot is None:
+        raise ConfigError("--plot-step chooses the step of the figure: add --plot FILE")
     if color not in COLORS:
         raise ConfigError(f"--color {color!r}: use one of {', '.join(COLORS)}")
     window = parse_range(steps, "--steps") if steps else None
