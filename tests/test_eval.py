@@ -358,6 +358,19 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_models, tmp_pat
     assert other.exit_code == 1 and "other settings (n: 4 there, 2 now)" in other.output
 
 
+def test_a_resume_with_other_settings_names_the_one_that_differs():
+    from opdctl.evaluation.results import _first_difference
+
+    def settings(bench: str, prompt: str = "{problem}") -> dict:
+        return {"n": 4, "benchmarks": [bench], f"benchmark {bench}": {"digest": "d", "problems": 2, "prompt": prompt}}
+
+    assert _first_difference(settings("amc23"), settings("amc23")) is None
+    changed = _first_difference(settings("amc23"), settings("aime24"), first="benchmarks")
+    assert changed == 'benchmarks: ["amc23"] there, ["aime24"] now'
+    changed = _first_difference(settings("amc23"), settings("amc23", "Q: {problem}"), first="benchmarks")
+    assert changed == 'benchmark amc23\'s prompt: "{problem}" there, "Q: {problem}" now'
+
+
 @pytest.mark.slow
 def test_in_training_evaluation_of_a_benchmark_file_logs_pass_at_k(tiny_models, tmp_path):
     data = demo_file(tmp_path / "held.jsonl", 3)

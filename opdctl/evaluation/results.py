@@ -73,12 +73,13 @@ class EvalDir:
             atomic_write(self.responses_path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def _check_same(self, before: dict[str, Any], now: dict[str, Any]) -> None:
-        for key in sorted(set(before) | set(now)):
-            if before.get(key) != now.get(key):
-                raise ConfigError(
-                    f"{self.path} holds an evaluation with other settings ({key}: {_show(before.get(key))} there, "
-                    f"{_show(now.get(key))} now): rerun with its settings to resume it, or choose another --output"
-                )
+        """Refuse to resume with other settings, naming the first that differs (the benchmark list first)."""
+        different = _first_difference(before, now, first="benchmarks")
+        if different:
+            raise ConfigError(
+                f"{self.path} holds an evaluation with other settings ({different}): rerun with its settings "
+                "to resume it, or choose another --output"
+            )
 
     def rows(self) -> list[Row]:
         """Every complete response row, once per (benchmark, problem, sample); damaged lines are skipped."""
@@ -98,6 +99,19 @@ class EvalDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write(self.summary_path, json.dumps(summary, indent=2) + "\n")
+
+
+def _first_difference(before: dict[str, Any], now: dict[str, Any], first: str = "") -> str | None:
+    """'key: value there, value now' for the first key whose values differ (``first`` checked first; a nested
+    mapping names its own key: "benchmark x's prompt: ..."), else None."""
+    for key in sorted(set(before) | set(now), key=lambda k: (k != first, k)):
+        old, new = before.get(key), now.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            return f"{key}'s {_first_difference(old, new)}"
+        return f"{key}: {_show(old)} there, {_show(new)} now"
+    return None
 
 
 def _show(value: Any) -> str:
