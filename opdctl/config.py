@@ -7,10 +7,12 @@ command-line overrides, with one-line errors: :mod:`opdctl.configfile`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from opdctl.registry import DRIFT_METRICS, LOSS_ESTIMATORS, Registry
 
@@ -18,9 +20,22 @@ Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors."""
+    """A config section: unknown keys are errors, and so is true/false for a number (pydantic reads it as 1/0)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("bool_for_number", "input should be a number, not true or false")
+        return value
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field takes numbers and never a boolean (``int``, ``float | None``, ``int | Literal["all"]``)."""
+    kinds = set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
+    return bool(kinds & {int, float}) and bool not in kinds
 
 
 class BackendConfig(Section):

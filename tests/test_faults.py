@@ -520,6 +520,9 @@ def test_inspect_of_a_live_run_survives_a_checkpoint_rotated_away(finished_run, 
         ("output.trace_rollouts=-3", ("output.trace_rollouts=-3", ">= 1, or 'all'")),
         ("budget.min_len=30", ("budget.min_len=30", "<= budget.max_len (24)")),
         ("optim.warmup_steps=9", ("optim.warmup_steps=9", "<= optim.steps (4)")),
+        ("optim.steps=true", ("optim.steps=true", "input should be a number, not true or false")),
+        ("output.trace_rollouts=false", ("output.trace_rollouts=false", "a number, not true or false")),
+        ("teacher.batch_size=true", ("teacher.batch_size=true", "a number, not true or false")),
     ],
 )
 def test_out_of_bound_values_are_refused_at_config_time(tiny_models, tmp_path, override, fragments):
