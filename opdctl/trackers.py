@@ -319,7 +319,8 @@ class Trackers:
                     f"{name} could not start: {reason(exc)}; fix that and continue with opdctl train --resume "
                     f"{run.path} (or drop {name} from output.report_to)"
                 ) from exc
-        atomic_write(path, json.dumps({**stored, **{n: t.state() for n, t in trackers.items()}}, indent=2) + "\n")
+        if trackers or stored:  # no trackers.json for a run that reports to none
+            atomic_write(path, json.dumps({**stored, **{n: t.state() for n, t in trackers.items()}}, indent=2) + "\n")
         earlier = {record_key(r) for r in before_rewind}
         sent = {name: set(earlier) if name in stored else set() for name in names}
         replay = {name for name in names if name not in stored}

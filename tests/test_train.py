@@ -77,6 +77,7 @@ def test_run_directory_holds_config_metrics_traces_checkpoints(tiny_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4
     assert summary["cpu_threads"] == threads.setting()  # what the run computed with, and why
+    assert not (run_dir / "trackers.json").exists()  # it reports to no tracker
     assert not list(run_dir.rglob(".*partial*"))
 
 
