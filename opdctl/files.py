@@ -15,6 +15,7 @@ from opdctl.errors import ConfigError
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
 UMASK = os.umask(0o022)  # read (the only way) and put back at once
 os.umask(UMASK)
+PLAIN_MODE = 0o666 & ~UMASK  # what a plain open() gives a new file (0644 under the usual umask)
 
 
 def disk_full(path: Path, margin: int = 1 << 20) -> bool:
@@ -58,7 +59,7 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     0600 of a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o666 & ~UMASK)
+    os.fchmod(fd, PLAIN_MODE)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -86,7 +87,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         yield staging
         for file in staging.rglob("*"):
             if file.is_file():
-                file.chmod(0o666 & ~UMASK)
+                file.chmod(PLAIN_MODE)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _name_file(exc, path)
