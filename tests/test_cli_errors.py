@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from opdctl.checkpoint import write_manifest
 from opdctl.cli import app
 from opdctl.demo.tokenizer import build_tokenizer
 
@@ -41,6 +42,8 @@ def test_a_run_directory_given_as_a_model_names_its_checkpoint(tiny_models, tmp_
     run = tmp_path / "old-run"
     for step in ("step_000002", "step_000004"):
         (run / "checkpoints" / step).mkdir(parents=True)
+        write_manifest(run / "checkpoints" / step)  # complete, as a run writes them
+    (run / "checkpoints" / "step_000006").mkdir()  # incomplete (no manifest): not named
     (run / "config.yaml").write_text("seed: 0\n")
     result = _bad_run(tiny_models, tmp_path, student={"model": str(run)})
     assert_one_line_error(result, f"student.model='{run}' is a training run", f"e.g. {run}/checkpoints/step_000004")

@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from opdctl.config import BackendConfig
 from opdctl.errors import BackendError, reason
+from opdctl.ownership import directory_kind
+from opdctl.rundir import RunDir
 from opdctl.sources import resolve_model
 
 ADAPTER_FILE = "adapter_config.json"
@@ -86,16 +88,23 @@ def _source(setting: str, config: HFConfig) -> str:
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     found = [(Path(source).expanduser() / name).is_file() for name in ("config.json", ADAPTER_FILE)]
     if looks_local and not any(found):
-        checkpoints = sorted((Path(source).expanduser() / "checkpoints").glob("step_*"))
-        if checkpoints:
-            raise BackendError(f"{setting}={config.model!r} is a training run: give one of its checkpoints, "
-                               f"e.g. {checkpoints[-1]}")  # fmt: skip
+        _refuse_a_run(setting, config.model, Path(source).expanduser())
         raise BackendError(
             f"{setting}={config.model!r}: no Hugging Face model at {source} "
             "(expected a directory with config.json; give a local model directory, a .gguf file, a hub id, "
             "pkg:PACKAGE/FILE, or demo:teacher / demo:student)"
         )
     return str(Path(source).expanduser()) if looks_local else source
+
+
+def _refuse_a_run(setting: str, model: str, path: Path) -> None:
+    """A training run's directory given as a model: name its newest complete checkpoint."""
+    if directory_kind(path) != "run":
+        return
+    latest = RunDir(path).latest_checkpoint()
+    if latest is None:
+        raise BackendError(f"{setting}={model!r} is a training run with no complete checkpoint yet: give a model")
+    raise BackendError(f"{setting}={model!r} is a training run: give one of its checkpoints, e.g. {latest[1]}")
 
 
 def context_length(model: torch.nn.Module) -> int | None:
