@@ -132,6 +132,7 @@ def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_server(served_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A vLLM server of the served model: its users stay in one file, so that it starts once under -n N."""
     from .vllm_server import VLLMServer
 
     server = VLLMServer(served_model, tmp_path_factory.mktemp("vllm") / "server.log").start()

@@ -40,20 +40,32 @@ def _weights(run, step: int = 3) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(run / "checkpoints" / f"step_{step:06d}").state_dict()
 
 
+@pytest.fixture(scope="module")
+def trained(tiny_models, tmp_path_factory):
+    """Runs of 3 steps, each trained once per module: run(processes, parallel, truncate) -> its directory.
+    One process is the reference of both ddp and fsdp (student.parallel does nothing in a single process)."""
+    runs = {}
+
+    def run(processes: int, parallel: str, truncate: bool):
+        key = (processes, parallel if processes > 1 else "ddp", truncate)
+        if key not in runs:
+            root = tmp_path_factory.mktemp("-".join(map(str, key)))
+            extra = {"rollout": {"truncate_on_drift": True, "chunk_tokens": 4}} if truncate else {}
+            config = tiny_config(tiny_models, root / "run", optim={"steps": 3, "prompts_per_step": 4}, **extra)
+            config["student"]["parallel"] = key[1]
+            with open(root / "train.log", "w") as log:
+                _train(write_config(root / "run.yaml", config), processes, log)
+            runs[key] = root / "run"
+        return runs[key]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("parallel", "truncate"), [("ddp", False), ("ddp", True), ("fsdp", False), ("fsdp", True)])
-def test_two_processes_end_with_the_weights_of_one(tiny_models, tmp_path, parallel, truncate):
-    """With fsdp the one process runs the same config (a no-op there) and the two shard the student."""
-    runs = {}
-    for processes in (1, 2):
-        extra = {"rollout": {"truncate_on_drift": True, "chunk_tokens": 4}} if truncate else {}
-        config = tiny_config(
-            tiny_models, tmp_path / f"p{processes}", optim={"steps": 3, "prompts_per_step": 4}, **extra
-        )
-        config["student"]["parallel"] = parallel
-        with open(tmp_path / f"p{processes}.log", "w") as log:
-            _train(write_config(tmp_path / f"p{processes}.yaml", config), processes, log)
-        runs[processes] = tmp_path / f"p{processes}"
+def test_two_processes_end_with_the_weights_of_one(trained, parallel, truncate):
+    """With fsdp the two processes shard the student."""
+    runs = {processes: trained(processes, parallel, truncate) for processes in (1, 2)}
     one, two = _weights(runs[1]), _weights(runs[2])
     assert one.keys() == two.keys()
     for name in one:  # measured: 1.6e-7 apart (5.8e-8 truncating), ddp and fsdp alike: float32 sum order
@@ -76,26 +88,23 @@ def test_uneven_split_is_refused():
 
 
 @pytest.mark.slow
-def test_fsdp_resumes_where_it_stopped(tiny_models, tmp_path):
+def test_fsdp_resumes_where_it_stopped(trained, tmp_path):
     """A sharded run resumed from its step-2 checkpoint (weights and optimizer state) ends as if never stopped."""
-    config = tiny_config(tiny_models, tmp_path / "whole", optim={"steps": 3, "prompts_per_step": 4})
-    config["student"]["parallel"] = "fsdp"
-    with open(tmp_path / "whole.log", "w") as log:
-        _train(write_config(tmp_path / "whole.yaml", config), 2, log)
+    whole = trained(2, "fsdp", False)
     resumed = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "whole", resumed)
+    shutil.copytree(whole, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_000003")
     with open(tmp_path / "resumed.log", "w") as log:
         _train(None, 2, log, resume=resumed)
-    whole, again = _weights(tmp_path / "whole"), _weights(resumed)
+    whole_weights, again = _weights(whole), _weights(resumed)
     with safe_open(resumed / "checkpoints" / "step_000003" / "model.safetensors", "pt") as written:
         names = written.keys()
     assert "lm_head.weight" not in names  # tied to the embeddings: written once, as save_pretrained does
-    for name in whole:
-        assert torch.equal(whole[name], again[name]), name
-    assert read_metrics(resumed)[-1]["loss"] == read_metrics(tmp_path / "whole")[-1]["loss"]
+    for name in whole_weights:
+        assert torch.equal(whole_weights[name], again[name]), name
+    assert read_metrics(resumed)[-1]["loss"] == read_metrics(whole)[-1]["loss"]
     optimizer = torch.load(resumed / "checkpoints" / "step_000003" / "optimizer.pt", weights_only=True)
-    assert set(optimizer["state"]) == set(whole) - {"lm_head.weight"}  # whole tensors by parameter name
+    assert set(optimizer["state"]) == set(whole_weights) - {"lm_head.weight"}  # whole tensors by parameter name
 
 
 @pytest.mark.parametrize(

