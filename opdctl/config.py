@@ -222,6 +222,13 @@ class OptimConfig(Section):
     )
     max_nonfinite_steps: int = Field(3, ge=1, description="Stop after this many non-finite updates in a row.")
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _two_betas(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise PydanticCustomError("two_betas", "needs two values, e.g. [0.9, 0.999]")
+        return value
+
 
 class OutputConfig(Section):
     """The run directory."""
@@ -282,6 +289,18 @@ class EvalConfig(Section):
         "(k1 estimate per token, sampled at temperature 1 with the same seed every time): what OPD minimises, "
         "held out.",
     )
+
+    @field_validator("bench")
+    @classmethod
+    def _known_benchmarks(cls, names: list[str]) -> list[str]:
+        from opdctl.errors import DataError
+        from opdctl.evaluation.benchmarks import expand
+
+        try:
+            expand(names)
+        except DataError as error:
+            raise ValueError(f"eval.bench: {error}") from None
+        return names
 
     @model_validator(mode="after")
     def _check_pass_k(self) -> EvalConfig:

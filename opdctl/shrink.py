@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from opdctl.backends import Sampling, Teacher
 from opdctl.config import DataConfig
 from opdctl.data import load_prompts
-from opdctl.errors import ConfigError
+from opdctl.errors import ConfigError, DataError
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
 
@@ -38,7 +38,8 @@ INFO_FILE = "shrink.json"
 @dataclass(frozen=True)
 class ShrinkSettings:
     keep_layers: int
-    data: str = "wordproblems"  # prompts the teacher answers: a built-in task or a data file with a prompt column
+    data: str = "wordproblems"  # prompts the teacher answers: a built-in task or a data file
+    prompt_field: str = "prompt"  # a data file's column with the prompts
     samples: int = 64  # teacher samples for the warm-up
     calibration: int = 8  # of which this many choose the layers
     held_out: int = 8  # further samples that measure the KL before and after
@@ -126,8 +127,11 @@ def _check(out: Path, settings: ShrinkSettings) -> None:
 
 def teacher_texts(teacher: Teacher, settings: ShrinkSettings) -> Texts:
     """The teacher's sampled answers (temperature 1) to ``settings.samples`` prompts."""
-    config = DataConfig(source=settings.data, limit=settings.samples)
-    prompts = load_prompts(config, teacher.tokenizer, settings.seed).ids
+    config = DataConfig(source=settings.data, limit=settings.samples, prompt_field=settings.prompt_field)
+    try:
+        prompts = load_prompts(config, teacher.tokenizer, settings.seed).ids
+    except DataError as error:  # the data section's key, as shrink's option
+        raise DataError(str(error).replace("set data.prompt_field", "set --prompt-field")) from None
     responses: list[list[int]] = []
     with reporter().task("Teacher samples", len(prompts)) as advance:
         for start in range(0, len(prompts), settings.batch_size):

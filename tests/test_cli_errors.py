@@ -51,6 +51,19 @@ def test_a_run_directory_given_as_a_model_names_its_checkpoint(tiny_models, tmp_
     assert_one_line_error(result, f"MODEL='{run}' is a training run")
 
 
+def test_shrink_reads_prompts_from_the_column_it_is_given(tmp_path):
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"{i} + 1 =", "answer": i + 1}) + "\n" for i in range(6)))
+    small = ["--samples", "4", "--calibration", "1", "--held-out", "1", "--max-new-tokens", "4", "--warmup-steps", "1"]
+    shrink = ["shrink", "demo:teacher", "--keep-layers", "1", "--data", str(data), *small]
+    result = run_cli(*shrink, "--out", str(tmp_path / "refused"))
+    assert_one_line_error(result, "has no column 'prompt' (columns: problem, answer): set --prompt-field")
+    assert not (tmp_path / "refused").exists()
+    result = run_cli(*shrink, "--prompt-field", "problem", "--out", str(tmp_path / "student"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "student" / "shrink.json").read_text())["settings"]["prompt_field"] == "problem"
+
+
 def test_unknown_backend(tiny_models, tmp_path):
     result = _bad_run(tiny_models, tmp_path, teacher={"backend": "tgi"})
     assert_one_line_error(result, "unknown teacher backend 'tgi'", "installed teacher backends are hf")

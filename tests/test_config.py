@@ -100,6 +100,7 @@ def test_budget_max_len_defaults_to_the_hard_limit():
         ("budget.init_len=99999", "budget.init_len=99999: must be <= budget.max_len (12288)"),
         ("prune.k=32", "prune.k=32: must be <= loss.k (16)"),
         ("optim.updates_per_step=65", "optim.updates_per_step=65: must be <= optim.prompts_per_step (64)"),
+        ("eval.bench=[aime, bogus]", "eval.bench: unknown benchmark 'bogus': use one of aime24,"),
     ],
 )
 def test_bad_values_get_one_line_errors(override, message):

@@ -517,6 +517,7 @@ def test_inspect_of_a_live_run_survives_a_checkpoint_rotated_away(finished_run, 
     ("override", "fragments"),
     [
         ("optim.betas=[1.5,2]", ("optim.betas.0=1.5", "less than 1")),
+        ("optim.betas=[0.9]", ("optim.betas=[0.9]", "needs two values, e.g. [0.9, 0.999]")),
         ("output.trace_rollouts=-3", ("output.trace_rollouts=-3", ">= 1, or 'all'")),
         ("budget.min_len=30", ("budget.min_len=30", "<= budget.max_len (24)")),
         ("optim.warmup_steps=9", ("optim.warmup_steps=9", "<= optim.steps (4)")),

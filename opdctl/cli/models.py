@@ -16,9 +16,10 @@ def shrink(
     ],
     keep_layers: Annotated[int, typer.Option(min=1, help="Decoder layers the student keeps.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the student (Hugging Face format).")],
-    data: Annotated[str, typer.Option(help="Prompts the teacher answers: wordproblems, demo, or a data file.")] = (
+    data: Annotated[str, typer.Option(help="Prompts: wordproblems, demo, or a data file (see --prompt-field).")] = (
         "wordproblems"
     ),
+    prompt_field: Annotated[str, typer.Option(help="A data file's column with the prompts.")] = "prompt",
     samples: Annotated[int, typer.Option(min=3, help="Teacher samples (layer choice + held-out + warm-up).")] = 64,
     calibration: Annotated[int, typer.Option(min=1, help="Samples that choose the layers.")] = 8,
     held_out: Annotated[int, typer.Option(min=1, help="Samples that measure the KL before and after.")] = 8,
@@ -46,8 +47,8 @@ def shrink(
 
     def action() -> None:
         quiet_libraries()
-        settings = ShrinkSettings(keep_layers, data, samples, calibration, held_out, max_new_tokens, candidates,
-                                  warmup_steps, batch_size, lr, seed)  # fmt: skip
+        settings = ShrinkSettings(keep_layers, data, prompt_field, samples, calibration, held_out, max_new_tokens,
+                                  candidates, warmup_steps, batch_size, lr, seed)  # fmt: skip
         from opdctl.console import RichReporter
         from opdctl.progress import reporting_to
 
