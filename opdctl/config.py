@@ -290,18 +290,6 @@ class EvalConfig(Section):
         "held out.",
     )
 
-    @field_validator("bench")
-    @classmethod
-    def _known_benchmarks(cls, names: list[str]) -> list[str]:
-        from opdctl.errors import DataError
-        from opdctl.evaluation.benchmarks import expand
-
-        try:
-            expand(names)
-        except DataError as error:
-            raise ValueError(f"eval.bench: {error}") from None
-        return names
-
     @model_validator(mode="after")
     def _check_pass_k(self) -> EvalConfig:
         for k in self.pass_k:

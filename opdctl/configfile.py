@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from opdctl.config import BackendConfig, Config
-from opdctl.errors import ConfigError
+from opdctl.errors import ConfigError, DataError
 from opdctl.registry import backend_class
 
 
@@ -82,9 +82,23 @@ def validate(raw: dict[str, Any]) -> Config:
     for kind in ("student", "teacher"):
         raw[kind] = _backend_section(kind, raw.get(kind, {} if kind == "student" else {"model": "demo:teacher"}))
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Config)) from None
+    if config.eval.bench:
+        _check_benchmarks(config.eval.bench)
+    return config
+
+
+def _check_benchmarks(names: list[str]) -> None:
+    """Each of eval.bench a built-in benchmark or a data file (here, not in the schema: the names live with the
+    benchmarks, which import the data module that imports the schema)."""
+    from opdctl.evaluation.benchmarks import expand
+
+    try:
+        expand(names)
+    except DataError as error:
+        raise ConfigError(f"config error: eval.bench: {error}") from None
 
 
 def _backend_section(kind: str, section: Any) -> BackendConfig:
