@@ -10,12 +10,12 @@ shows as spread:
 * opdctl plain OPD (``prune.enable=false budget.enable=false``);
 * opdctl Prune-OPD (the paper: weights and budget);
 * opdctl Prune-OPD + truncation on drift (the demo's default);
-* opdctl plain OPD and Prune-OPD + truncation with two updates per generation (the demo's
-  default ``optim.updates_per_step=2``: half as many generation rounds of twice the prompts,
+* opdctl plain OPD and Prune-OPD + truncation with two updates per generation
+  (``optim.updates_per_step=2``: half as many generation rounds of twice the prompts,
   the same prompts in the same order, the same number of updates over the same rollouts;
-  the second update's rollouts were sampled one update earlier). TRL's
+  the second update's rollouts were sampled one update earlier; the demo takes three). TRL's
   ``DistillationTrainer`` generates once per update (its ``steps_per_generation`` is not
-  implemented), so these arms show what the demo's setting buys, not a matched setting.
+  implemented), so these arms show what several updates per generation buy, not a matched setting.
 
 Every arm trains in its own process on the demo config (or ``--config``) with
 evaluations off; the script records the child's wall and CPU time (user + system, all
