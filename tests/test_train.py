@@ -146,7 +146,7 @@ def test_documented_plain_opd_baseline_runs_on_the_demo_config(tiny_models, tmp_
             *overrides,
             f"student.model={tiny_models['student']}",
             f"teacher.model={tiny_models['teacher']}",
-            *["rollout.max_new_tokens=32", "optim.steps=1", "optim.prompts_per_step=2", "eval.bench=[]"],
+            *["rollout.max_new_tokens=32", "optim.steps=1", "optim.prompts_per_step=3", "eval.bench=[]"],
             f"output.dir={run_dir}",
         ],
     )
