@@ -66,6 +66,26 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def run_cli(*args: object):
+    """`opdctl ARGS...` in this process (paths and numbers given as they are), its result."""
+    from typer.testing import CliRunner
+
+    from opdctl.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str, code: int = 1) -> str:
+    """A failed command's last line: one "error: ..." line holding every fragment, no traceback, exit ``code``."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    text = result.output.strip().splitlines()[-1]
+    assert text.startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in text, text
+    return text
+
+
 def tiny_config(models: dict[str, Path], run_dir: Path, **sections) -> dict:
     """A config that trains in about a second on CPU."""
     config = {

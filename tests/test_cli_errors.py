@@ -5,26 +5,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from opdctl.checkpoint import write_manifest
-from opdctl.cli import app
 from opdctl.demo.tokenizer import build_tokenizer
 
-from .conftest import read_metrics, save_tiny_model, tiny_config, write_config
-
-
-def run_cli(*args):
-    return CliRunner().invoke(app, list(args))
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    text = result.output.strip().splitlines()[-1]
-    assert text.startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in text, text
+from .conftest import assert_one_line_error, read_metrics, run_cli, save_tiny_model, tiny_config, write_config
 
 
 def _bad_run(tiny_models, tmp_path, **sections):

@@ -11,9 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from opdctl.cli import app
 from opdctl.demo.task import held_out
 from opdctl.errors import DataError
 from opdctl.evaluation import session
@@ -21,13 +19,9 @@ from opdctl.evaluation.benchmarks import MATH_TEMPLATE, Fields, load_benchmarks
 from opdctl.evaluation.grading import Grader, grade_response, last_boxed
 from opdctl.evaluation.metrics import majority_correct, pass_at_k, score
 
-from .conftest import read_metrics, tiny_config, write_config
+from .conftest import read_metrics, run_cli, tiny_config, write_config
 
 AIME24 = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "aime24.jsonl"
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -18,28 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from opdctl import files
-from opdctl.cli import app
 from opdctl.demo.task import held_out
 from opdctl.rundir import RunDir
 
-from .conftest import read_metrics, tiny_config, write_config
-
-
-def run_cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    text = result.output.strip().splitlines()[-1]
-    assert text.startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in text, text
-    return text
+from .conftest import assert_one_line_error, read_metrics, run_cli, tiny_config, write_config
 
 
 def spawn(*args, **popen) -> subprocess.Popen:

@@ -5,18 +5,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from opdctl.cli import app
 from opdctl.inspect import RunTraces, position_profile, rollout_view, summarize
 
-from .conftest import tiny_config, write_config
+from .conftest import run_cli, tiny_config, write_config
 
 pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
-
-
-def run_cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from opdctl.errors import BackendError
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_vllm import VLLMTeacher
 
-from .conftest import read_metrics, tiny_config, write_config
-from .test_eval import demo_file, run_cli, sorted_responses
+from .conftest import read_metrics, run_cli, tiny_config, write_config
+from .test_eval import demo_file, sorted_responses
 from .vllm_server import VLLMServer
 
 pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
