@@ -10,10 +10,10 @@ shows as spread:
 * opdctl plain OPD (``prune.enable=false budget.enable=false``);
 * opdctl Prune-OPD (the paper: weights and budget);
 * opdctl Prune-OPD + truncation on drift (the demo's default);
-* opdctl plain OPD and Prune-OPD + truncation with two updates per generation
-  (``optim.updates_per_step=2``: half as many generation rounds of twice the prompts,
-  the same prompts in the same order, the same number of updates over the same rollouts;
-  the second update's rollouts were sampled one update earlier; the demo takes three). TRL's
+* opdctl plain OPD and Prune-OPD + truncation with three updates per generation, the
+  demo's setting (``optim.updates_per_step=3``: a third as many generation rounds of three
+  times the prompts, the same prompts in the same order, the same number of updates over
+  the same rollouts; the later updates' rollouts were sampled one and two updates earlier). TRL's
   ``DistillationTrainer`` generates once per update (its ``steps_per_generation`` is not
   implemented), so these arms show what several updates per generation buy, not a matched setting.
 
@@ -54,13 +54,14 @@ from opdctl.configfile import load_config
 from opdctl.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
-TWO_UPDATES = ", 2 updates per generation"
+UPDATES_PER_GENERATION = 3  # the demo's optim.updates_per_step
+SEVERAL_UPDATES = f", {UPDATES_PER_GENERATION} updates per generation"
 OPDCTL_ARMS = {
     "opdctl plain OPD": PLAIN_OPD,
     "opdctl Prune-OPD": PRUNE_OPD,
     "opdctl Prune-OPD + truncation": PRUNE_OPD_TRUNCATION,
-    "opdctl plain OPD" + TWO_UPDATES: PLAIN_OPD,
-    "opdctl Prune-OPD + truncation" + TWO_UPDATES: PRUNE_OPD_TRUNCATION,
+    "opdctl plain OPD" + SEVERAL_UPDATES: PLAIN_OPD,
+    "opdctl Prune-OPD + truncation" + SEVERAL_UPDATES: PRUNE_OPD_TRUNCATION,
 }
 TRL = "TRL DistillationTrainer"
 PROMPTS_PER_UPDATE = 8
@@ -68,7 +69,7 @@ PROMPTS_PER_UPDATE = 8
 
 def schedule(name: str, steps: int) -> list[str]:
     """Overrides for ``steps`` optimizer updates of ``PROMPTS_PER_UPDATE`` prompts' rollouts in every arm."""
-    per_generation = 2 if name.endswith(TWO_UPDATES) else 1
+    per_generation = UPDATES_PER_GENERATION if name.endswith(SEVERAL_UPDATES) else 1
     if steps % per_generation:
         raise SystemExit(f"--steps {steps}: arm {name!r} needs a multiple of {per_generation}")
     return [
@@ -256,7 +257,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="Base config (default: the embedded demo).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=[TRL, *OPDCTL_ARMS], help="Subset of the arms, by name.")
-    parser.add_argument("--steps", type=int, default=150, help="Optimizer updates in every arm (even: see --arms).")
+    parser.add_argument("--steps", type=int, default=150, help="Updates per arm (a multiple of 3: see --arms).")
     parser.add_argument("--set", nargs="*", default=[], help="Extra overrides for every arm (TRL reads optim.*).")
     parser.add_argument("--eval-tokens", type=int, default=160, help="Evaluation length limit (the demo's).")
     parser.add_argument("--trl-venv", type=Path, default=ROOT / ".venv-trl")

@@ -43,7 +43,7 @@ def _peers():
     return module
 
 
-def test_peer_arms_with_two_updates_per_generation_train_each_update_on_the_same_prompts():
+def test_peer_arms_with_several_updates_per_generation_train_each_update_on_the_same_prompts():
     from opdctl.batching import mini_batches
     from opdctl.configfile import load_config
     from opdctl.data import PromptSampler
@@ -59,7 +59,7 @@ def test_peer_arms_with_two_updates_per_generation_train_each_update_on_the_same
         return trained
 
     one = prompts_per_update("opdctl plain OPD")
-    two = prompts_per_update("opdctl plain OPD" + peers.TWO_UPDATES)
-    assert len(one) == updates and two == one
-    with pytest.raises(SystemExit, match="multiple of 2"):
-        peers.schedule("opdctl plain OPD" + peers.TWO_UPDATES, 5)
+    several = prompts_per_update("opdctl plain OPD" + peers.SEVERAL_UPDATES)
+    assert len(one) == updates and several == one
+    with pytest.raises(SystemExit, match="multiple of 3"):
+        peers.schedule("opdctl plain OPD" + peers.SEVERAL_UPDATES, 5)
