@@ -54,7 +54,7 @@ from opdctl.configfile import load_config
 from opdctl.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
-UPDATES_PER_GENERATION = 3  # the demo's optim.updates_per_step
+UPDATES_PER_GENERATION = load_config().optim.updates_per_step  # the demo's, for the several-updates arms
 SEVERAL_UPDATES = f", {UPDATES_PER_GENERATION} updates per generation"
 OPDCTL_ARMS = {
     "opdctl plain OPD": PLAIN_OPD,
@@ -257,7 +257,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="Base config (default: the embedded demo).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=[TRL, *OPDCTL_ARMS], help="Subset of the arms, by name.")
-    parser.add_argument("--steps", type=int, default=150, help="Updates per arm (a multiple of 3: see --arms).")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=150,
+        help=f"Updates per arm (a multiple of {UPDATES_PER_GENERATION}: see --arms).",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="Extra overrides for every arm (TRL reads optim.*).")
     parser.add_argument("--eval-tokens", type=int, default=160, help="Evaluation length limit (the demo's).")
     parser.add_argument("--trl-venv", type=Path, default=ROOT / ".venv-trl")
