@@ -7,7 +7,10 @@ falls to ``prune.stop_weight``: it keeps the tokens up to and including that pos
 Chunks are exact or predicted (``rollout.chunking``). An exact chunk is ``rollout.chunk_tokens``
 long at most, and never longer than the fewest bad events any running rollout still needs
 to reach the stop: no rollout can reach its stop before the chunk ends, so none generates
-a token past it. A predicted chunk ends where the first running rollout is expected to stop
+a token past it. With ``rollout.max_overshoot`` = s, chunks are never shorter than s + 1
+tokens (nor longer than ``chunk_tokens``): a rollout one bad event from its stop is checked
+every s + 1 tokens instead of every token, and generates at most s tokens past its stop,
+discarded. A predicted chunk ends where the first running rollout is expected to stop
 at its bad-event rate so far (never sooner than the exact length; as long as the response
 so far while no rollout has a bad event): far fewer checks, for teachers whose checks are
 dear, at the price of a few tokens generated past a stop and discarded. The scores gathered
@@ -35,6 +38,7 @@ class DriftMonitor:
         self.seconds = 0.0  # spent in observe() outside the teacher: the monitor's own overhead
         self.longest_chunk = config.rollout.chunk_tokens
         self.predicting = config.rollout.chunking == "predicted"
+        self.overshoot = config.rollout.max_overshoot
         self.to_stop = bad_events_to_stop(config.prune.w_drop, config.prune.stop_weight)
         self.chunk_tokens = self._next_chunk(torch.zeros(1, dtype=torch.long), generated=0)
         self.checks = 0  # chunks observed
@@ -71,7 +75,7 @@ class DriftMonitor:
         return stops
 
     def _next_chunk(self, bad_so_far: torch.Tensor, generated: int) -> int:
-        return next_chunk(bad_so_far, generated, self.to_stop, self.longest_chunk, self.predicting)
+        return next_chunk(bad_so_far, generated, self.to_stop, self.longest_chunk, self.predicting, self.overshoot)
 
     def _store(self, rows: torch.Tensor, start: int, width: int, scores: TeacherScores) -> None:
         span = slice(start, start + width)
@@ -95,13 +99,16 @@ class DriftMonitor:
         self.stream.close()
 
 
-def next_chunk(bad_so_far: torch.Tensor, generated: int, to_stop: int | None, longest: int, predicting: bool) -> int:
+def next_chunk(
+    bad_so_far: torch.Tensor, generated: int, to_stop: int | None, longest: int, predicting: bool, overshoot: int = 0
+) -> int:
     """Decode steps until the next check, given the running rollouts' bad events after ``generated`` tokens:
     as many as the rollout closest to its stop (``to_stop`` bad events) needs at least, at most ``longest``
-    (exact), or as many as it needs at its bad-event rate so far (predicted)."""
+    (exact), or as many as it needs at its bad-event rate so far (predicted); never fewer than ``overshoot`` + 1
+    (up to ``longest``), so a rollout generates at most ``overshoot`` tokens past its stop in an exact chunk."""
     if to_stop is None or not bad_so_far.numel():
         return longest
-    fewest = max(1, to_stop - int(bad_so_far.max()))
+    fewest = max(1, to_stop - int(bad_so_far.max()), min(longest, overshoot + 1))
     if not predicting:
         return min(longest, fewest)
     heading = bad_so_far[bad_so_far > 0].float()  # rollouts with a bad event so far

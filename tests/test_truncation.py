@@ -15,7 +15,7 @@ from opdctl.demo.task import held_out
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.drift import measure_drift
 from opdctl.losses import opd_loss
-from opdctl.monitor import DriftMonitor
+from opdctl.monitor import DriftMonitor, next_chunk
 from opdctl_hf import HFStudent, HFTeacher
 
 from .conftest import read_metrics, tiny_config, write_config
@@ -36,11 +36,18 @@ def _cut(rollouts: Rollouts, lengths: torch.Tensor) -> Rollouts:
 
 
 @pytest.mark.parametrize(
-    ("chunk", "chunking"),
-    [pytest.param(1, "exact", marks=pytest.mark.slow), (5, "exact"), (16, "exact"), (5, "predicted")],
+    ("chunk", "chunking", "overshoot"),
+    [
+        pytest.param(1, "exact", 0, marks=pytest.mark.slow),
+        (5, "exact", 0),
+        (16, "exact", 0),
+        (5, "exact", 2),
+        (5, "predicted", 0),
+    ],
 )
-def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tiny_models, chunk, chunking):
-    config = validate({**SETTINGS, "rollout": {**SETTINGS["rollout"], "chunk_tokens": chunk, "chunking": chunking}})
+def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tiny_models, chunk, chunking, overshoot):
+    rollout = {**SETTINGS["rollout"], "chunk_tokens": chunk, "chunking": chunking, "max_overshoot": overshoot}
+    config = validate({**SETTINGS, "rollout": rollout})
     student = HFStudent(HFStudent.Config(model=str(tiny_models["student"])))
     teacher = HFTeacher(HFTeacher.Config(model=str(tiny_models["teacher"]), logprob_chunk=7))
     sampling = Sampling(40, temperature=1.0, record_topk=4, seed=3)
@@ -50,8 +57,9 @@ def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tin
     streamed = monitor.scores(truncated.response_ids.shape[1])
     reasons = truncated.finish_reasons
     assert "drift" in reasons and len(set(reasons)) > 1, reasons
-    if chunking == "exact":
-        assert torch.equal(monitor.scored, truncated.lengths)  # nothing generated past a stop
+    if chunking == "exact":  # at most max_overshoot tokens generated past a stop, then discarded
+        past = monitor.scored - truncated.lengths
+        assert (past >= 0).all() and int(past.max()) <= overshoot and (past.any() == (overshoot > 0)), past
 
     full = student.generate(PROMPTS, sampling)
     full_scores = teacher.score(full, full.query_ids(), 2)  # the whole rollouts, then cut
@@ -90,11 +98,12 @@ def _trim(scores, width):
 
 @pytest.mark.slow
 def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path):
+    settings = {**SETTINGS, "rollout": {**SETTINGS["rollout"], "max_overshoot": 2}}
     config = tiny_config(
         tiny_models,
         tmp_path / "run",
         optim={"steps": 3},
-        **{k: {**tiny_config(tiny_models, tmp_path)[k], **v} for k, v in SETTINGS.items()},
+        **{k: {**tiny_config(tiny_models, tmp_path)[k], **v} for k, v in settings.items()},
     )
     result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "c.yaml", config))])
     assert result.exit_code == 0, result.output
@@ -108,14 +117,16 @@ def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path
         assert record["tokens_generated"] == record["tokens_scored"] == mine.generated.sum()
         assert record["tokens_not_generated"] == (40 - stopped.generated).sum()
         assert record["finish_drift"] == len(stopped)
-        assert (mine.generated == mine.length).all() and record["tokens_discarded"] == 0
+        past = mine.generated - mine.length  # generated past a stop, then discarded: at most max_overshoot
+        assert past.between(0, 2).all() and (past[mine.finish_reason != "drift"] == 0).all()
+        assert record["tokens_discarded"] == past.sum()
         assert record["tokens_trained"] == len(tokens[tokens.step == record["step"]])
     assert (stopped.effective_length == stopped.length - 1).all()  # the last kept token has weight 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rollouts_stopped_on_drift"] == (rollouts.finish_reason == "drift").sum()
     assert summary["rollouts"] == len(rollouts)
     assert summary["tokens_not_generated"] == sum(r["tokens_not_generated"] for r in steps)
-    assert summary["tokens_discarded"] == 0
+    assert summary["tokens_discarded"] == (rollouts.generated - rollouts.length).sum()
     assert "rollouts stopped on drift" in result.output
 
 
@@ -177,6 +188,21 @@ def test_checks_come_where_a_stop_can_or_is_expected_to_happen(chunking, agree, 
         stops, start = monitor.observe(chunk), end
     assert stream.widths == widths
     assert stops == ({0: stop, 1: stop} if stop is not None else {})
+
+
+@pytest.mark.parametrize(
+    ("bad_so_far", "overshoot", "chunk"),
+    [
+        (9, 0, 1),  # one bad event from the stop (10): check the next token
+        (9, 2, 3),  # ... or the next 3, generating at most 2 past the stop
+        (5, 2, 5),  # 5 bad events away: no stop can come in fewer tokens anyway
+        (9, 100, 64),  # never longer than chunk_tokens
+        (0, 0, 10),
+    ],
+)
+def test_exact_chunks_end_where_a_stop_can_come_or_max_overshoot_tokens_later(bad_so_far, overshoot, chunk):
+    bad = torch.tensor([0, bad_so_far])
+    assert next_chunk(bad, generated=40, to_stop=10, longest=64, predicting=False, overshoot=overshoot) == chunk
 
 
 def test_a_teacher_that_rescores_its_prefix_is_not_streamed_unless_asked():

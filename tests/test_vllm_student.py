@@ -148,7 +148,7 @@ def test_train_with_the_vllm_server_student(tiny_models, served_model, student_s
 
 
 TRUNCATION = {
-    "rollout": {"truncate_on_drift": True, "chunk_tokens": 4},
+    "rollout": {"truncate_on_drift": True, "chunk_tokens": 4, "max_overshoot": 0},  # exact: none past a stop
     "prune": {"threshold": 0.7, "w_drop": 0.25},  # four bad events stop a rollout: stops within 24 tokens
 }
 
