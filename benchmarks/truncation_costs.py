@@ -49,7 +49,7 @@ def step_cost(batch: list[tuple[list[bool], int]], schedule: str, args: argparse
     if schedule == "none":
         return sum(end for _, end in batch), sum(args.prompt + end for _, end in batch)
     predicting = schedule == "predicted"
-    chunk = next_chunk(torch.zeros(1, dtype=torch.long), 0, args.to_stop, args.first, predicting)
+    chunk = next_chunk(torch.zeros(1, dtype=torch.long), 0, args.to_stop, args.first, predicting, args.max_overshoot)
     running, generated, positions, length = set(range(len(batch))), [0] * len(batch), 0, 0
     while running:
         length = min(length + chunk, args.limit)
@@ -63,7 +63,7 @@ def step_cost(batch: list[tuple[list[bool], int]], schedule: str, args: argparse
         if not running:
             break
         counts = torch.tensor([sum(batch[row][0][:length]) for row in running])
-        chunk = next_chunk(counts, length, args.to_stop, args.first, predicting)
+        chunk = next_chunk(counts, length, args.to_stop, args.first, predicting, args.max_overshoot)
     return sum(generated), positions
 
 
@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=256, help="rollout.max_new_tokens.")
     parser.add_argument("--to-stop", type=int, default=100, help="Bad events to a stop (1 / prune.w_drop).")
     parser.add_argument("--first", type=int, default=16, help="rollout.chunk_tokens.")
+    parser.add_argument("--max-overshoot", type=int, default=0,
+                        help="rollout.max_overshoot (opdctl's default: 2; 0 as benchmarks.md measured).")  # fmt: skip
     parser.add_argument("--rates", type=float, nargs=2, default=[0.5, 0.75], help="Bad-event rates, min and max.")
     parser.add_argument("--steps", type=int, default=20, help="Simulated steps (seeds) to average.")
     args = parser.parse_args()

@@ -100,7 +100,7 @@ class DriftMonitor:
 
 
 def next_chunk(
-    bad_so_far: torch.Tensor, generated: int, to_stop: int | None, longest: int, predicting: bool, overshoot: int = 0
+    bad_so_far: torch.Tensor, generated: int, to_stop: int | None, longest: int, predicting: bool, overshoot: int
 ) -> int:
     """Decode steps until the next check, given the running rollouts' bad events after ``generated`` tokens:
     as many as the rollout closest to its stop (``to_stop`` bad events) needs at least, at most ``longest``
@@ -108,7 +108,7 @@ def next_chunk(
     (up to ``longest``), so a rollout generates at most ``overshoot`` tokens past its stop in an exact chunk."""
     if to_stop is None or not bad_so_far.numel():
         return longest
-    fewest = max(1, to_stop - int(bad_so_far.max()), min(longest, overshoot + 1))
+    fewest = max(to_stop - int(bad_so_far.max()), min(longest, overshoot + 1))  # the floor is at least 1 token
     if not predicting:
         return min(longest, fewest)
     heading = bad_so_far[bad_so_far > 0].float()  # rollouts with a bad event so far
