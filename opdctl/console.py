@@ -104,6 +104,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row("rollouts stopped on drift", f"{stopped:,} of {rollouts:,} ({stopped / rollouts:.0%})")
         table.add_row("tokens not generated (drift stops)", f"{summary['tokens_not_generated']:,}")
         table.add_row("tokens generated past a stop and discarded", f"{summary['tokens_discarded']:,}")
+    if summary.get("drift_checks"):
+        table.add_row("drift checks (the teacher scored a chunk)", f"{summary['drift_checks']:,}")
     if summary["skipped_steps"]:
         table.add_row("skipped (non-finite) steps", str(summary["skipped_steps"]))
     table.add_row("training time", f"{summary['seconds']:.0f} s")

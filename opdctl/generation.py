@@ -30,6 +30,7 @@ class Generation:
     ended_at: float  # time.perf_counter() when the last rollout was generated
     token_counts: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
     monitor_seconds: float = 0.0  # the drift monitor's own time during generation
+    drift_checks: int = 0  # chunks the drift monitor had the teacher score (0 without truncation)
 
 
 def generate_and_score(
@@ -62,7 +63,7 @@ def monitored(
     finally:
         monitor.close()
     scores = monitor.scores(rollouts.response_ids.shape[1])
-    return Generation(rollouts, scores, now(student.device), monitor.scored, monitor.seconds)
+    return Generation(rollouts, scores, now(student.device), monitor.scored, monitor.seconds, monitor.checks)
 
 
 def sequential(

@@ -141,6 +141,7 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
         "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in done),
         "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in done),
         "tokens_discarded": sum(r.get("tokens_discarded", 0) for r in done),
+        "drift_checks": sum(r.get("drift_checks", 0) for r in done),
         "eval": {
             e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")} for e in evals
         },

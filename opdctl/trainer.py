@@ -201,9 +201,9 @@ class Trainer:
 
         local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.token_counts)
         seconds = {"generate": t1 - t0, "score": t2 - t1, "update": t3 - t2, "drift": drift_seconds}
-        collected = world.collect((local, seconds))
-        outcome = StepOutcome.join([o for o, _ in collected])
-        slowest = {key: max(t[key] for _, t in collected) for key in seconds}
+        collected = world.collect((local, seconds, gen.drift_checks))
+        outcome = StepOutcome.join([o for o, _, _ in collected])
+        slowest = {key: max(t[key] for _, t, _ in collected) for key in seconds}
         budget = (
             update_budget(self.state.budget, outcome.effective_length.tolist(), self.limits)
             if cfg.budget.enable
@@ -221,6 +221,7 @@ class Trainer:
             "max_len": max_len,
             "next_max_len": self.state.budget.current_len if budget else max_len,
             "hit_ratio": budget.hit_ratio if budget else None,
+            "drift_checks": sum(checks for _, _, checks in collected),
             **{f"{key}_seconds": round(value, 5) for key, value in slowest.items()},
         }
         if self._traced(step + 1):

@@ -17,10 +17,8 @@ from opdctl.configfile import validate
 from opdctl.distributed import World
 from opdctl.errors import ConfigError
 
-from .conftest import read_metrics, tiny_config, write_config
+from .conftest import COSTS, read_metrics, tiny_config, write_config
 from .vllm_server import free_port
-
-TIMING = {"generate_seconds", "score_seconds", "update_seconds", "drift_seconds", "elapsed_seconds"}
 
 
 def _train(config_path, processes: int, log, resume=None) -> None:
@@ -73,7 +71,7 @@ def test_two_processes_end_with_the_weights_of_one(trained, parallel, truncate):
     assert not torch.equal(one["model.norm.weight"], torch.ones_like(one["model.norm.weight"]))  # it trained
 
     def comparable(run):
-        return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run)]
+        return [{k: v for k, v in r.items() if k not in COSTS} for r in read_metrics(run)]
 
     for a, b in zip(comparable(runs[1]), comparable(runs[2]), strict=True):
         assert a.keys() == b.keys()

@@ -22,9 +22,9 @@ from opdctl.rundir import RunDir
 from opdctl.stopping import Stopped, StopRequest
 from opdctl.trainer import Trainer
 
+from .conftest import COSTS
 from .fakes import DRIFT_FROM, LENGTHS, TEACHER_LOGPROBS, FakeStudent, FakeTeacher
 
-TIMING = {"generate_seconds", "score_seconds", "update_seconds", "drift_seconds", "elapsed_seconds"}
 PROMPTS = PromptSet(ids=[[p] for p in LENGTHS], texts=[str(p) for p in LENGTHS], answers=[None] * len(LENGTHS))
 W_DROP = 0.5  # two bad events bring a weight to 0
 
@@ -157,7 +157,8 @@ def test_every_generation_strategy_gives_the_same_step_when_nothing_is_cut(tmp_p
         other = make_trainer(tmp_path / strategy, rollout={"truncate_on_drift": True, "chunk_tokens": 3}, **settings)
     for _ in range(2):
         a, b = reference.train_step(), other.train_step()
-        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
+        assert {k: v for k, v in a.items() if k not in COSTS} == {k: v for k, v in b.items() if k not in COSTS}
+        assert a["drift_checks"] == 0 and (b["drift_checks"] > 0) == (strategy == "truncated")
     if strategy == "overlapped":
         assert other.teacher.scored_rows == [2, 2, 2, 2]  # rows went to the teacher as they finished
 

@@ -20,11 +20,10 @@ from opdctl import threads
 from opdctl.cli import app
 from opdctl.rundir import RunDir
 
-from .conftest import read_metrics, tiny_config, write_config
+from .conftest import COSTS, read_metrics, tiny_config, write_config
 
 pytestmark = pytest.mark.slow  # whole trainings, a vLLM server or subprocesses
 
-TIMING = {"generate_seconds", "score_seconds", "update_seconds", "drift_seconds", "elapsed_seconds"}
 STEP_KEYS = {
     "step",
     "loss",
@@ -39,7 +38,7 @@ STEP_KEYS = {
     "tokens_generated",
     "tokens_scored",
     "tokens_trained",
-    *TIMING,
+    *COSTS,
 }
 
 
@@ -201,7 +200,7 @@ def test_in_training_evaluation_is_logged(tiny_models, tmp_path):
 
 
 def _comparable(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+    return [{k: v for k, v in r.items() if k not in COSTS} for r in records]
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_models, tmp_path):

@@ -1,6 +1,7 @@
 """Truncation on drift: exactness against full generation + scoring cut at the same point, and its accounting."""
 
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -121,13 +122,16 @@ def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path
         assert past.between(0, 2).all() and (past[mine.finish_reason != "drift"] == 0).all()
         assert record["tokens_discarded"] == past.sum()
         assert record["tokens_trained"] == len(tokens[tokens.step == record["step"]])
+        # two bad events reach the stop, so every chunk is max_overshoot + 1 = 3 decode steps: one check per 3
+        assert record["drift_checks"] == math.ceil(mine.generated.max() / 3)
     assert (stopped.effective_length == stopped.length - 1).all()  # the last kept token has weight 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rollouts_stopped_on_drift"] == (rollouts.finish_reason == "drift").sum()
     assert summary["rollouts"] == len(rollouts)
     assert summary["tokens_not_generated"] == sum(r["tokens_not_generated"] for r in steps)
     assert summary["tokens_discarded"] == (rollouts.generated - rollouts.length).sum()
-    assert "rollouts stopped on drift" in result.output
+    assert summary["drift_checks"] == sum(r["drift_checks"] for r in steps)
+    assert "rollouts stopped on drift" in result.output and "drift checks" in result.output
 
 
 def test_plain_opd_turns_truncation_off():
