@@ -15,6 +15,7 @@ from opdctl.demo.models import prompt_ids
 from opdctl.demo.task import held_out
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.drift import measure_drift
+from opdctl.inspect import RunTraces, summarize
 from opdctl.losses import opd_loss
 from opdctl.monitor import DriftMonitor, next_chunk
 from opdctl_hf import HFStudent, HFTeacher
@@ -131,6 +132,9 @@ def test_training_with_truncation_accounts_for_every_token(tiny_models, tmp_path
     assert summary["tokens_not_generated"] == sum(r["tokens_not_generated"] for r in steps)
     assert summary["tokens_discarded"] == (rollouts.generated - rollouts.length).sum()
     assert summary["drift_checks"] == sum(r["drift_checks"] for r in steps)
+    inspected = summarize(RunTraces(tmp_path / "run"), level=0.5, rows=10).totals  # opdctl inspect-drift's
+    assert inspected["tokens_discarded"] == summary["tokens_discarded"]
+    assert inspected["drift_checks"] == summary["drift_checks"] > 0
     assert "rollouts stopped on drift" in result.output and "drift checks" in result.output
 
 

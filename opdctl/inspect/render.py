@@ -68,6 +68,8 @@ def totals_rows(summary: RunSummary) -> list[tuple[str, str]]:
         ),
         ("rollouts ending at EOS / length limit / drift stop", _finish(t["finish"])),
         ("tokens not generated thanks to drift stops", f"{t['tokens_not_generated']:,}"),
+        ("tokens generated past a stop and discarded", f"{t['tokens_discarded']:,}"),
+        ("drift checks (the teacher scored a chunk)", f"{t['drift_checks']:,}"),
         (
             "training time",
             "-" if t["seconds"] is None else f"{t['seconds']:.0f} s ({t['seconds_per_step']:.2f} s/step)",
@@ -159,6 +161,8 @@ def compare_rows(a: RunSummary, b: RunSummary) -> list[tuple[str, str, str, str]
         ("steps", "steps", "{:,}"),
         ("tokens generated", "tokens_generated", "{:,}"),
         ("tokens not generated (drift stops)", "tokens_not_generated", "{:,}"),
+        ("tokens generated past a stop and discarded", "tokens_discarded", "{:,}"),
+        ("drift checks", "drift_checks", "{:,}"),
         ("mean response length", "response_length", "{:.1f}"),
         ("mean effective length", "effective_length", "{:.1f}"),
         ("mean overlap", "overlap", "{:.3f}"),
