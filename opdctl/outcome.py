@@ -2,7 +2,8 @@
 
 Each training process builds the outcome of its own rollouts; outcomes are joined
 (:meth:`StepOutcome.join`) so that metrics and traces describe the whole step.
-:func:`summarize_run` sums the steps' metrics records up for summary.json.
+:func:`summarize_run` sums the steps' metrics records up for summary.json; :func:`counter_totals`
+is the part of that sum ``opdctl inspect-drift`` shows too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from opdctl.backends import FINISH_REASONS, QueryLayout, Rollouts, TeacherScores
 from opdctl.drift import StepDrift, first_bad_position
 from opdctl.losses import reverse_kl_estimate
+
+RUN_COUNTERS = ("tokens_generated", "tokens_not_generated", "tokens_discarded", "drift_checks")
 
 
 @dataclass
@@ -132,16 +135,13 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
         "run_dir": run_dir,
         "steps": steps,
         "seconds": round(seconds, 1),
-        "tokens_generated": sum(r["tokens_generated"] for r in done),
+        **counter_totals(done),
         "mean_effective_length": _average([r["effective_length"] for r in done]),
         "mean_response_length": _average([r["response_length"] for r in done]),
         "final_max_len": done[-1]["next_max_len"] if done else None,
         "skipped_steps": sum(bool(r["skipped"]) for r in done),
         "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in done),
         "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in done),
-        "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in done),
-        "tokens_discarded": sum(r.get("tokens_discarded", 0) for r in done),
-        "drift_checks": sum(r.get("drift_checks", 0) for r in done),
         "eval": {
             e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")} for e in evals
         },
@@ -151,6 +151,11 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
             if "reverse_kl" in e
         },
     }
+
+
+def counter_totals(records: list[dict[str, Any]]) -> dict[str, int]:
+    """The per-step token and drift-check counters summed over step records (0 for one a run did not record)."""
+    return {key: sum(r.get(key, 0) for r in records) for key in RUN_COUNTERS}
 
 
 def _average(values: list[float]) -> float | None:

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 
 from opdctl.backends import FINISH_REASONS
 from opdctl.inspect.reader import RunTraces
+from opdctl.outcome import counter_totals
 
 FULL_WEIGHT = 1.0 - 1e-6
 
@@ -155,10 +156,7 @@ def _totals(traces: RunTraces, total: Counts, level: float) -> dict[str, Any]:
         f"tokens_below_{level:g}": total.below,
         f"share_below_{level:g}": _ratio(total.below, total.tokens),
         "steps": len(metrics),
-        "tokens_generated": sum(r["tokens_generated"] for r in metrics),
-        "tokens_not_generated": sum(r.get("tokens_not_generated", 0) for r in metrics),
-        "tokens_discarded": sum(r.get("tokens_discarded", 0) for r in metrics),
-        "drift_checks": sum(r.get("drift_checks", 0) for r in metrics),
+        **counter_totals(metrics),
         "finish": {reason: sum(r.get(f"finish_{reason}", 0) for r in metrics) for reason in FINISH_REASONS},
         "seconds": metrics[-1]["elapsed_seconds"] if metrics else None,
         "seconds_per_step": metrics[-1]["elapsed_seconds"] / len(metrics) if metrics else None,
