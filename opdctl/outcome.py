@@ -3,7 +3,7 @@
 Each training process builds the outcome of its own rollouts; outcomes are joined
 (:meth:`StepOutcome.join`) so that metrics and traces describe the whole step.
 :func:`summarize_run` sums the steps' metrics records up for summary.json; :func:`counter_totals`
-is the part of that sum ``opdctl inspect-drift`` shows too.
+and :func:`finish_totals` are the parts of that sum ``opdctl inspect-drift`` shows too.
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
     (and the student's held-out reverse KL before and after, where measured)."""
     done = [r for r in records if "eval" not in r]
     evals = [r for r in records if "eval" in r]
+    finish = finish_totals(done)
     return {
         "run_dir": run_dir,
         "steps": steps,
@@ -140,8 +141,8 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
         "mean_response_length": _average([r["response_length"] for r in done]),
         "final_max_len": done[-1]["next_max_len"] if done else None,
         "skipped_steps": sum(bool(r["skipped"]) for r in done),
-        "rollouts_stopped_on_drift": sum(r.get("finish_drift", 0) for r in done),
-        "rollouts": sum(r["finish_eos"] + r["finish_length"] + r.get("finish_drift", 0) for r in done),
+        "rollouts_stopped_on_drift": finish["drift"],
+        "rollouts": sum(finish.values()),
         "eval": {
             e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")} for e in evals
         },
@@ -156,6 +157,11 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
 def counter_totals(records: list[dict[str, Any]]) -> dict[str, int]:
     """The per-step token and drift-check counters summed over step records (0 for one a run did not record)."""
     return {key: sum(r.get(key, 0) for r in records) for key in RUN_COUNTERS}
+
+
+def finish_totals(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Rollouts per finish reason, summed over step records."""
+    return {reason: sum(r.get(f"finish_{reason}", 0) for r in records) for reason in FINISH_REASONS}
 
 
 def _average(values: list[float]) -> float | None:

@@ -7,9 +7,8 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from opdctl.backends import FINISH_REASONS
 from opdctl.inspect.reader import RunTraces
-from opdctl.outcome import counter_totals
+from opdctl.outcome import counter_totals, finish_totals
 
 FULL_WEIGHT = 1.0 - 1e-6
 
@@ -131,7 +130,7 @@ def _row(steps: list[int], counts: dict[int, Counts], max_len: dict[int, int], m
         hit_ratio=sum(hit) / len(hit) if hit else None,
         tokens_generated=sum(r["tokens_generated"] for r in records) if records else None,
         tokens_not_generated=sum(r.get("tokens_not_generated", 0) for r in records) if records else None,
-        finish={reason: sum(r.get(f"finish_{reason}", 0) for r in records) for reason in FINISH_REASONS},
+        finish=finish_totals(records),
         step_seconds=sum(seconds) / len(seconds) if seconds else None,
         accuracy=accuracy,
     )
@@ -157,7 +156,7 @@ def _totals(traces: RunTraces, total: Counts, level: float) -> dict[str, Any]:
         f"share_below_{level:g}": _ratio(total.below, total.tokens),
         "steps": len(metrics),
         **counter_totals(metrics),
-        "finish": {reason: sum(r.get(f"finish_{reason}", 0) for r in metrics) for reason in FINISH_REASONS},
+        "finish": finish_totals(metrics),
         "seconds": metrics[-1]["elapsed_seconds"] if metrics else None,
         "seconds_per_step": metrics[-1]["elapsed_seconds"] / len(metrics) if metrics else None,
         "accuracy": finals,
