@@ -6,6 +6,9 @@ prompts, scores both texts with both models, and measures each drift signal's va
 each text. For the configured metric it picks the threshold whose bad-event rate on the
 teacher's text is closest to a target from below (e.g. 3%), and shows how often the same
 threshold fires on the student's rollouts: a signal worth using fires far more there.
+When the prompts come with worked solutions (the built-in word problems), each student
+rollout's first wrong number is known too, and every signal is judged as a detector of it
+(:mod:`opdctl.groundtruth`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from opdctl.backends import Generator, QueryLayout, Rollouts, Sampling, Teacher,
 from opdctl.config import Config
 from opdctl.data import load_prompts
 from opdctl.errors import ConfigError
+from opdctl.groundtruth import Detection, first_error_tokens, judge
 from opdctl.progress import reporter
 from opdctl.registry import DRIFT_METRICS, backend_class
 
-PAPER_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9}
+PAPER_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9, "teacher_prob": 0.1}
 KS = (1, 4, 8, 16)
 
 
@@ -42,9 +46,12 @@ class Signal:
         """Overlaps are bad below the threshold; the teacher's nucleus mass before the token is bad at or above p."""
         return self.metric != "teacher_top_p"
 
+    def bad(self, values: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Where ``values`` are bad events at ``threshold``."""
+        return values < threshold if self.bad_below else values >= threshold
+
     def bad_rate(self, values: torch.Tensor, threshold: float) -> float:
-        bad = values < threshold if self.bad_below else values >= threshold
-        return int(bad.sum()) / values.numel() if values.numel() else 0.0
+        return int(self.bad(values, threshold).sum()) / values.numel() if values.numel() else 0.0
 
 
 @dataclass
@@ -56,12 +63,16 @@ class Texts:
     teacher: TeacherScores  # the teacher's top-K, and its log-probs of the student's top-K and the sampled id
 
     def values(self, signal: Signal) -> torch.Tensor:
-        """The signal's value at every valid position, flattened (for teacher_top_p: the nucleus mass before the
-        sampled token, whose threshold is p, rather than the acceptance at one p)."""
+        """The signal's value at every valid position, flattened."""
+        return self.grid(signal)[self.rollouts.mask]
+
+    def grid(self, signal: Signal) -> torch.Tensor:
+        """The signal's value at every position, ``[B, T]`` (for teacher_top_p: the nucleus mass before the sampled
+        token, whose threshold is p, rather than the acceptance at one p)."""
         if signal.metric not in PAPER_THRESHOLDS:
             raise ConfigError(
-                f"opdctl calibrate does not know prune.metric={signal.metric!r}: it calibrates overlap_ratio, "
-                "weighted_overlap and teacher_top_p"
+                f"opdctl calibrate does not know prune.metric={signal.metric!r}: it calibrates "
+                f"{', '.join(PAPER_THRESHOLDS)}"
             )
         k, sampled = signal.k, self.rollouts.response_ids
         view = drift.DriftView.of(self.student.topk_ids, self.student.topk_logprobs, sampled, self.teacher, k)
@@ -69,7 +80,7 @@ class Texts:
             values = DRIFT_METRICS.get(signal.metric)(view, 1.0)
         else:
             values = drift.sampled_nucleus_mass(view.sampled, view.teacher_topk, view.teacher_topk_logprobs)
-        return values[self.rollouts.mask]
+        return values
 
 
 @dataclass
@@ -81,6 +92,14 @@ class Calibration:
     student_rate: float  # the same on the student's rollouts
     teacher_text: Texts
     student_text: Texts
+    first_errors: list[int | None] | None = None  # the token of each student rollout's first wrong number
+
+    def detection(self, signal: Signal, threshold: float) -> Detection | None:
+        """How ``signal``'s bad events at ``threshold`` fall around the student's first errors (None: unknown)."""
+        if self.first_errors is None:
+            return None
+        text = self.student_text
+        return judge(signal.bad(text.grid(signal), threshold), text.rollouts.mask, self.first_errors)
 
     def signals(self) -> list[Signal]:
         """Every signal measured: each metric at each k the run's scores hold."""
@@ -110,19 +129,19 @@ def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) 
     teacher = backend_class("teacher", config.teacher.backend)(config.teacher)
     student = _student_scorer(config)
     try:
-        prompts = load_prompts(config.data.model_copy(update={"limit": samples}), student.tokenizer, config.seed).ids
+        prompts = load_prompts(config.data.model_copy(update={"limit": samples}), student.tokenizer, config.seed)
         teacher.check(student.tokenizer, width, width)
         if not isinstance(teacher, Generator):
             raise ConfigError(
                 f"teacher.backend={config.teacher.backend!r} cannot generate its own text to calibrate on"
             )
         with reporter().task("Calibrating", 4) as advance:
-            by_teacher = teacher.generate(prompts, Sampling(max_new_tokens, 1.0, seed=config.seed))
+            by_teacher = teacher.generate(prompts.ids, Sampling(max_new_tokens, 1.0, seed=config.seed))
             advance()
             teacher_text = both_views(by_teacher, student, teacher, width)
             advance()
             by_student = student.generate(
-                prompts, Sampling(max_new_tokens, config.rollout.temperature, seed=config.seed + 1)
+                prompts.ids, Sampling(max_new_tokens, config.rollout.temperature, seed=config.seed + 1)
             )
             advance()
             student_text = both_views(by_student, student, teacher, width)
@@ -132,6 +151,10 @@ def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) 
         student.close()
     signal = Signal(config.prune.metric, config.prune_k)
     threshold = choose_threshold(signal, teacher_text.values(signal), target)
+    first_errors = None
+    if prompts.solutions is not None:
+        rollouts = student_text.rollouts
+        first_errors = first_error_tokens(student.tokenizer, rollouts.response_ids, rollouts.lengths, prompts.solutions)
     return Calibration(
         signal=signal,
         target=target,
@@ -140,6 +163,7 @@ def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) 
         student_rate=signal.bad_rate(student_text.values(signal), threshold),
         teacher_text=teacher_text,
         student_text=student_text,
+        first_errors=first_errors,
     )
 
 

@@ -1,8 +1,8 @@
 """What a checkpoint holds besides the model: the trainer's state, and the manifest that marks it complete.
 
 A checkpoint directory has the student (Hugging Face format, written by its backend),
-``optimizer.pt`` and ``trainer_state.json``: the step, the non-finite streak, the
-training time so far, the budget, the learning-rate scheduler and both RNGs, so a
+``optimizer.pt``, ``config.yaml`` (the config it was trained with) and ``trainer_state.json``:
+the step, the non-finite streak, the training time so far, the budget, the learning-rate scheduler and both RNGs, so a
 resumed run continues exactly where the uninterrupted one would have. Its
 ``manifest.json`` (every file and its size, written last) tells a complete checkpoint
 from one that a crash or a full disk cut short.
@@ -23,6 +23,7 @@ from opdctl.files import atomic_write
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
 LEGACY_CHECKPOINT_FILES = (STATE_FILE, OPTIMIZER_FILE)  # checkpoints written before manifests
 
@@ -35,6 +36,7 @@ class TrainerState:
     step: int = 0
     nonfinite_streak: int = 0  # non-finite steps in a row
     elapsed: float = 0.0  # seconds spent in training steps
+    cpu: float = 0.0  # this process's CPU seconds in training steps (every thread)
 
     def save(self, directory: Path, scheduler: Any) -> None:
         """Write the state, the scheduler's and the global RNGs' to ``directory``."""
@@ -43,6 +45,7 @@ class TrainerState:
             "budget": self.budget.to_dict(),
             "nonfinite_streak": self.nonfinite_streak,
             "elapsed": self.elapsed,
+            "cpu": self.cpu,
             "scheduler": scheduler.state_dict(),
             "python_rng": random.getstate(),
             "torch_rng": torch.get_rng_state().tolist(),
@@ -62,6 +65,7 @@ class TrainerState:
             step=state["step"],
             nonfinite_streak=state["nonfinite_streak"],
             elapsed=state["elapsed"],
+            cpu=state.get("cpu", 0.0),  # runs checkpointed before opdctl counted CPU time
         )
 
 

@@ -44,7 +44,8 @@ class BackendConfig(Section):
     backend: str = Field("hf", description="Installed backend name (see `opdctl backends`).")
     model: str = Field(
         "demo:student",
-        description="Local directory, .gguf file, hub id, pkg:PACKAGE/FILE, or demo:teacher / demo:student.",
+        description="Local directory, .gguf file, hub id, pkg:PACKAGE/FILE, demo:teacher / demo:student, or "
+        "smollm2:teacher / smollm2:student (SmolLM2-135M taught the word problems; docs/real-models.md).",
     )
 
 
@@ -53,8 +54,9 @@ class DataConfig(Section):
 
     source: str = Field(
         "demo",
-        description="'demo' (the built-in task), 'wordproblems' (English word problems, built in), "
-        "a local .jsonl/.json/.parquet file, or a hub dataset id.",
+        description="'demo' (the built-in task), 'wordproblems' or 'wordproblems-long' (English word problems of "
+        "2-3 or 5-8 operations with worked solutions, built in), a local .jsonl/.json/.parquet file, or a hub "
+        "dataset id.",
     )
     name: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Hub dataset split.")
@@ -157,7 +159,12 @@ class PruneConfig(Section):
     metric: str = Field("overlap_ratio", description="A registered drift metric (listed below).")
     k: int | None = Field(None, ge=1, description="Top-k size of the drift metric (<= loss.k); null means loss.k.")
     threshold: float = Field(
-        0.7, gt=0, le=1, allow_inf_nan=False, description="Bad event: overlap below it, or the top-p for teacher_top_p."
+        0.7,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Bad event: the metric below it (an overlap, the teacher's probability), or the top-p for "
+        "teacher_top_p.",
     )
     w_drop: float = Field(0.01, ge=0, allow_inf_nan=False, description="Weight lost per bad event.")
     stop_weight: float = Field(

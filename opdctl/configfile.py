@@ -7,6 +7,7 @@ Every error is one line naming the full key path, the bad value and what is allo
 from __future__ import annotations
 
 import math
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,24 @@ def demo_config_text() -> str:
     return resources.files("opdctl.demo").joinpath("config.yaml").read_text()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice (first on line {seen[key] + 1}): keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from ``path``, with one-line errors for a missing or malformed file."""
     if path.is_dir():
@@ -31,11 +50,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (pass an existing YAML file to -c)")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:  # a number too long for Python to read
+        raise ConfigError(
+            f"{path} holds a number longer than Python reads ({sys.get_int_max_str_digits()} digits): "
+            "give a shorter value"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -59,6 +83,11 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    except ValueError:  # a number too long for Python to read
+        raise ConfigError(
+            f"override {key.strip()}: a number of {len(text.strip())} characters is longer than "
+            f"Python reads ({sys.get_int_max_str_digits()} digits): give a shorter value"
+        ) from None
     node = raw
     for part in path[:-1]:
         child = node.setdefault(part, {})

@@ -16,9 +16,11 @@ from rich.table import Table
 
 from opdctl.errors import OpdctlError
 from opdctl.evaluation.metrics import BenchmarkScore
+from opdctl.progress import LineReporter, Reporter
 
 if TYPE_CHECKING:
     from opdctl.calibrate import Calibration
+    from opdctl.sft import SFTReport, SFTSettings
     from opdctl.shrink import ShrinkReport
 
 PIPED_WIDTH = 160  # wide enough for our tables when output goes to a file or a CI log
@@ -31,6 +33,11 @@ def _console(stream: TextIO, stderr: bool) -> Console:
 
 console = _console(sys.stderr, stderr=True)  # progress, messages, errors
 stdout = _console(sys.stdout, stderr=False)  # results
+
+
+def cli_reporter() -> Reporter:
+    """Progress bars on a terminal; plain progress lines in a log (nohup, a batch scheduler, ``| tee``)."""
+    return RichReporter() if console.is_terminal else LineReporter(sys.stderr)
 
 
 class RichReporter:
@@ -108,7 +115,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row("drift checks (the teacher scored a chunk)", f"{summary['drift_checks']:,}")
     if summary["skipped_steps"]:
         table.add_row("skipped (non-finite) steps", str(summary["skipped_steps"]))
-    table.add_row("training time", f"{summary['seconds']:.0f} s")
+    cpu = f", {summary['cpu_seconds']:.0f} s of CPU" if summary.get("cpu_seconds") else ""
+    table.add_row("training time", f"{summary['seconds']:.0f} s{cpu}")
     if "cpu_threads" in summary:
         table.add_row("CPU threads", _threads(summary["cpu_threads"]))
     return table
@@ -118,6 +126,27 @@ def _threads(setting: dict[str, Any]) -> str:
     """'2, waiting threads sleep (why)' or '2, waiting threads spin, then sleep (why)'."""
     waiting = {"PASSIVE": "sleep", "ACTIVE": "spin"}.get(setting["wait_policy"], "spin, then sleep")
     return f"{setting['threads']}, waiting threads {waiting} ({setting['why']})"
+
+
+def sft_table(model: str, out: Path, settings: SFTSettings, report: SFTReport) -> Table:
+    """What ``opdctl sft`` trained and how the loss went."""
+    table = Table(title=f"{model} fine-tuned into {out}", header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    how = f"LoRA rank {settings.lora_rank}" if settings.lora_rank else "full fine-tuning"
+    table.add_row("trained", f"{report.trainable_parameters / 1e6:.1f}M parameters ({how})")
+    table.add_row("data", ", ".join(settings.data))
+    table.add_row("steps x examples", f"{report.steps} x {settings.batch_size} ({report.examples:,} examples)")
+    if report.losses:
+        tenth = max(1, len(report.losses) // 10)
+        first, last = report.losses[:tenth], report.losses[-tenth:]
+        table.add_row("loss, first / last tenth", f"{_mean(first):.3f} / {_mean(last):.3f}")
+    table.add_row("time", f"{report.seconds:.0f} s")
+    return table
+
+
+def _mean(losses: list[tuple[int, float]]) -> float:
+    return sum(loss for _, loss in losses) / len(losses)
 
 
 def shrink_table(model: str, out: Path, report: ShrinkReport) -> Table:
@@ -158,7 +187,36 @@ def calibration_tables(result: Calibration) -> list[Table]:
         style = "bold" if signal == result.signal else None
         row = [signal.name, f"{paper:g}", _pct(signal.bad_rate(teacher, paper)), _pct(signal.bad_rate(student, paper))]
         rates.add_row(*row, *calibrated, style=style)
-    return [rates, _histogram(result)]
+    detectors = _detection_table(result)
+    return [rates, _histogram(result), *([detectors] if detectors else [])]
+
+
+def _detection_table(result: Calibration) -> Table | None:
+    """Each signal, at the paper's threshold and at its own calibrated one, as a detector of the student's first
+    wrong number (only when the prompts came with worked solutions)."""
+    from opdctl.calibrate import PAPER_THRESHOLDS, choose_threshold
+
+    if result.first_errors is None:
+        return None
+    with_error = sum(e is not None for e in result.first_errors)
+    table = Table(title=f"drift signals against the first wrong number ({with_error} of {len(result.first_errors)} "
+                  "student rollouts have one)", header_style="bold")  # fmt: skip
+    for header in ("signal", "threshold", "bad events before", "after", "precision", "recall", "rollouts found",
+                   "median delay (tokens)"):  # fmt: skip
+        table.add_column(header, justify="right" if header != "signal" else "left")
+    for signal in result.signals():
+        thresholds = {f"{PAPER_THRESHOLDS[signal.metric]:g} (paper)": PAPER_THRESHOLDS[signal.metric]}
+        try:
+            own = choose_threshold(signal, result.teacher_text.values(signal), result.target)
+            thresholds[f"{own:.3g}"] = own
+        except OpdctlError:
+            pass
+        for label, threshold in thresholds.items():
+            found = result.detection(signal, threshold)
+            table.add_row(signal.name, label, f"{found.before:,}", f"{found.after:,}", _pct(found.precision),
+                          _pct(found.recall), _pct(found.found_share), _num(found.median_delay),
+                          style="bold" if signal == result.signal else None)  # fmt: skip
+    return table
 
 
 def _histogram(result: Calibration, bins: int = 10) -> Table:

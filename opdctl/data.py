@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -18,7 +18,7 @@ from opdctl.progress import reporter
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 OTHER_FILE_SUFFIXES = {".csv", ".tsv", ".txt", ".yaml", ".yml", ".xlsx", ".xls", ".arrow", ".gz", ".zip", ".md"}
-BUILTIN_TASKS = {"demo": "opdctl.demo.task", "wordproblems": "opdctl.wordproblems"}  # modules with training_problems
+BUILTIN_TASKS = ("demo", "wordproblems", "wordproblems-long")  # generated here: see builtin_problems
 BUILTIN_TRAINING_PROMPTS = 20_000
 
 
@@ -29,6 +29,7 @@ class PromptSet:
     ids: list[list[int]]
     texts: list[str]
     answers: list[str | None]
+    solutions: list[str] | None = None  # worked solutions, when the source has them (built-in word problems)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,13 +110,25 @@ def _find_bad_line(path: Path) -> None:
                 raise DataError(f"{path} line {number} is not a JSON object: each line must be one row {{...}}")
 
 
+def builtin_problems(source: str, seed: int) -> Iterator[Any]:
+    """The endless training stream of a built-in task (problems with ``prompt`` and ``answer``; word problems
+    also have a worked ``solution``)."""
+    if source == "demo":
+        from opdctl.demo.task import training_problems
+
+        return training_problems(seed)
+    from opdctl.wordproblems import training_problems
+
+    return training_problems(seed, source)
+
+
 def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PromptSet:
     """The training prompts named by the ``data`` section."""
     if config.source in BUILTIN_TASKS:
-        task = importlib.import_module(BUILTIN_TASKS[config.source])
-        problems = list(islice(task.training_problems(seed), config.limit or BUILTIN_TRAINING_PROMPTS))
-        texts = [p.prompt for p in problems]
-        return PromptSet(chat_prompts(tokenizer, texts, config.chat_template), texts, [p.answer for p in problems])
+        problems = list(islice(builtin_problems(config.source, seed), config.limit or BUILTIN_TRAINING_PROMPTS))
+        texts, answers = [p.prompt for p in problems], [p.answer for p in problems]
+        solutions = [p.solution for p in problems] if config.source != "demo" else None
+        return PromptSet(chat_prompts(tokenizer, texts, config.chat_template), texts, answers, solutions)
     rows = load_rows(config.source, config.split, config.name)[: config.limit]
     if not rows:
         raise DataError(
@@ -132,7 +145,7 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         if problem:
             if not config.skip_bad_rows:
                 raise DataError(
-                    f"{config.source} row {index}: {problem}: fix the row, or set data.skip_bad_rows=true to skip "
+                    f"{config.source} row {index + 1}: {problem}: fix the row, or set data.skip_bad_rows=true to skip "
                     "such rows"
                 )
             skipped.append(index)
@@ -146,7 +159,7 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
                 too_long += 1
                 continue
             raise DataError(
-                f"{config.source} row {index}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
+                f"{config.source} row {index + 1}: prompt has {len(ids)} tokens, more than data.max_prompt_tokens="
                 f"{config.max_prompt_tokens} (raise it, set data.skip_long_prompts=true, or remove long prompts)"
             )
         prompts.ids.append(ids)
@@ -156,7 +169,7 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
     if skipped:
         reporter().message(
             f"skipped {len(skipped)} of {len(rows)} rows of {config.source} without a usable "
-            f"{config.prompt_field!r} (first: row {skipped[0]}; data.skip_bad_rows)"
+            f"{config.prompt_field!r} (first: row {skipped[0] + 1}; data.skip_bad_rows)"
         )
     if too_long:
         reporter().message(
@@ -194,7 +207,7 @@ def _prompt_content(row: dict[str, Any], config: DataConfig, index: int) -> str 
     try:
         return config.prompt_template.format_map({**row, "prompt": value})
     except (KeyError, IndexError, ValueError) as exc:
-        raise DataError(f"data.prompt_template {config.prompt_template!r} fails on row {index}: {exc!r}") from exc
+        raise DataError(f"data.prompt_template {config.prompt_template!r} fails on row {index + 1}: {exc!r}") from exc
 
 
 class PromptSampler:

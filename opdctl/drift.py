@@ -75,6 +75,14 @@ def sampled_nucleus_mass(
     return torch.where(found, mass_before, inf).amin(-1)
 
 
+def sampled_probability(
+    sampled: torch.Tensor, teacher_topk: torch.Tensor, teacher_topk_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """The teacher's probability of the sampled token, 0 when it is not in the teacher's top-k."""
+    found = teacher_topk == sampled.unsqueeze(-1)
+    return (teacher_topk_logprobs.float().exp() * found).sum(-1)
+
+
 def bad_events(signal: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
     """Boolean bad-event flags on valid positions: the metric's value is below ``threshold``.
 
@@ -162,6 +170,12 @@ def overlap_ratio_metric(view: DriftView, threshold: float) -> torch.Tensor:
 def teacher_top_p_metric(view: DriftView, threshold: float) -> torch.Tensor:
     """1 if y_t is in the teacher's top-p nucleus (p = prune.threshold) within its top-k, else 0."""
     return top_p_acceptance(view.sampled, view.teacher_topk, view.teacher_topk_logprobs, threshold).float()
+
+
+@DRIFT_METRICS.register("teacher_prob")
+def teacher_prob_metric(view: DriftView, threshold: float) -> torch.Tensor:
+    """The teacher's probability of y_t (0 outside its top-k): bad when the teacher finds the token unlikely."""
+    return sampled_probability(view.sampled, view.teacher_topk, view.teacher_topk_logprobs)
 
 
 @DRIFT_METRICS.register("weighted_overlap")

@@ -2,14 +2,18 @@
 
 
 def reason(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message, cut to ``limit`` characters (its type if it has none).
+    """The first line of an exception's message (its type if it has none), at most ``limit`` characters: a longer
+    one ends at a word, with "...".
 
     A file-system error names its file: ``path: No such file or directory``.
     """
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"[:limit]
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:(") + "..."
 
 
 class OpdctlError(Exception):

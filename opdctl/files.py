@@ -16,6 +16,8 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO,
 UMASK = os.umask(0o022)  # read (the only way) and put back at once
 os.umask(UMASK)
 PLAIN_MODE = 0o666 & ~UMASK  # what a plain open() gives a new file (0644 under the usual umask)
+TEMPORARY = ".opdctl-tmp"  # the suffix of a file being written (renamed into place when whole)
+STAGING = ".partial"  # the suffix of a directory being written
 
 
 def disk_full(path: Path, margin: int = 1 << 20) -> bool:
@@ -58,7 +60,7 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     It gets the permissions a plain ``open`` would give (0644 under the usual umask), not the owner-only
     0600 of a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     os.fchmod(fd, PLAIN_MODE)
     os.close(fd)
     try:
@@ -68,6 +70,16 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
         _name_file(exc, path)
         raise
+
+
+def remove_leftovers(root: Path) -> None:
+    """Remove what writes cut short by a kill left under ``root``: temporary files and staging directories (only
+    their writer's process, which holds the directory's lock, may call this)."""
+    for path in sorted(root.rglob(f".*{TEMPORARY}")):
+        path.unlink(missing_ok=True)
+    for path in sorted(root.rglob(f".*{STAGING}")):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _name_file(exc: BaseException, path: Path) -> None:
@@ -80,7 +92,7 @@ def _name_file(exc: BaseException, path: Path) -> None:
 def atomic_directory(path: Path) -> Iterator[Path]:
     """A staging directory that becomes ``path`` only if the block finishes; its files get the permissions a
     plain ``open`` gives (some writers, e.g. of model.safetensors, leave them owner-only)."""
-    staging = path.with_name(f".{path.name}.partial")
+    staging = path.with_name(f".{path.name}{STAGING}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:

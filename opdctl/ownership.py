@@ -95,6 +95,18 @@ def directory_kind(path: Path) -> str | None:
     return None
 
 
+def make_output(path: Path, flag: str, exist_ok: bool = True) -> None:
+    """Create an output directory; failing, one line naming it, the reason and ``flag``, the setting to change
+    (FileExistsError, with ``exist_ok`` false, is raised as it is)."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+    except OSError as exc:
+        raise RunError(f"cannot create {path}: {exc.strerror}: choose another {flag}") from exc
+
+
 def check_output(path: Path, kind: str, flag: str) -> None:
     """Refuse an output location that cannot hold a new ``kind`` ('run' or 'evaluation') before anything loads.
 

@@ -7,6 +7,7 @@
       traces/rollouts/step_NNNNNN.parquet   per traced rollout
       checkpoints/step_NNNNNN/  HF model + tokenizer, optimizer.pt, trainer_state.json, manifest.json
       summary.json             written when the run ends
+      changes.jsonl            what each resume changed in the config, from which step
       .opdctl.lock             held (flock) by the one process that writes the run
 
 Every file appears whole or not at all: it is written beside its final name
@@ -36,7 +37,7 @@ from opdctl.checkpoint import checkpoint_problem, write_manifest
 from opdctl.errors import RunError
 from opdctl.files import append_line, atomic_directory, atomic_write, disk_full, replaced_atomically
 from opdctl.jsonl import MetricsScan, scan_jsonl
-from opdctl.ownership import KIND_NAMES, LOCK_FILE, DirLock, check_output, directory_kind
+from opdctl.ownership import KIND_NAMES, LOCK_FILE, DirLock, check_output, directory_kind, make_output
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
 TRACE_PATTERN = re.compile(r"^step_(\d{6,})\.parquet$")
@@ -56,6 +57,7 @@ class RunDir:
         self.traces_path = self.path / "traces"
         self.checkpoints_path = self.path / "checkpoints"
         self.summary_path = self.path / "summary.json"
+        self.changes_path = self.path / "changes.jsonl"
         self.lock = DirLock(self.path)
         self._created = False
         self.on_metrics: list[Callable[[dict[str, Any]], None]] = []  # told of every record appended
@@ -83,11 +85,9 @@ class RunDir:
             candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
             created = not candidate.exists()
             try:
-                candidate.mkdir(parents=True, exist_ok=not unique)
+                make_output(candidate, "output.dir", exist_ok=not unique)
             except FileExistsError:
                 continue
-            except OSError as exc:
-                raise RunError(f"cannot create {candidate}: {exc.strerror}: choose another output.dir") from exc
             break
         run = cls(candidate)
         run.lock.acquire()
@@ -136,7 +136,8 @@ class RunDir:
             listener(record)
 
     def scan_metrics(self) -> MetricsScan:
-        return scan_jsonl(self.metrics_path)
+        """metrics.jsonl's records, one per step (and per evaluation of a step), and its damaged lines."""
+        return scan_jsonl(self.metrics_path, key=_record_key)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every metrics record (damaged lines and a line cut short by a crash are skipped)."""
@@ -157,7 +158,9 @@ class RunDir:
                 append_line(damaged_path, line)
             numbers = ", ".join(str(n) for n, _ in scan.damaged)
             notes.append(f"metrics.jsonl line(s) {numbers} damaged: moved to {damaged_path.name}")
-        if len(kept) != len(scan.records) or scan.damaged or scan.torn:
+        if scan.repeated:
+            notes.append(f"metrics.jsonl {scan.repeated_note()}: dropped")
+        if len(kept) != len(scan.records) or scan.damaged or scan.torn or scan.repeated:
             atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         logged = {_step_of(r) for r in kept if "eval" not in r}
         missing = [s for s in range(1, step + 1) if s not in logged]
@@ -220,8 +223,18 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
         return path
 
+    def record_changes(self, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+        """Log that the config changed (key: (before, after)) for the steps after ``step``."""
+        entry = {"from_step": step + 1, "changes": {key: {"before": b, "after": a} for key, (b, a) in changes.items()}}
+        append_line(self.changes_path, json.dumps(entry))
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write(self.summary_path, json.dumps(summary, indent=2) + "\n")
+
+
+def _record_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a metrics record one of a kind: its step, and for an evaluation the benchmark and when."""
+    return (_step_of(record), record.get("eval"), record.get("when"))
 
 
 def _step_of(record: dict[str, Any]) -> int:

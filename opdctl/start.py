@@ -13,16 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from opdctl.backends import Student, Teacher
+from opdctl.checkpoint import CONFIG_FILE
 from opdctl.config import BackendConfig, Config
 from opdctl.configfile import apply_override, read_yaml, validate
 from opdctl.data import PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
 from opdctl.errors import BackendError, ConfigError, OpdctlError, RunError
 from opdctl.evaluation.benchmarks import load_benchmarks
+from opdctl.files import remove_leftovers
 from opdctl.generation import truncates
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
-from opdctl.resume import finished_note, resume_checkpoint, unloadable
+from opdctl.resume import config_changes, finished_note, refuse_fixed, resume_checkpoint, trained_config, unloadable
 from opdctl.rundir import RunDir
 from opdctl.trackers import Trackers, require_trackers
 from opdctl.trainer import Trainer
@@ -100,6 +102,7 @@ def _claim_run_dir(config: Config, resume: Path | None, world: World) -> RunDir:
         if resume is not None:
             run = RunDir.open(resume)
             run.lock.acquire()
+            remove_leftovers(run.path)  # of writes a kill cut short
             return run
         template = config.output.dir
         stamped = template.replace("{timestamp}", dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -159,6 +162,7 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
             reporter().message(f"warning: {note}")
         if latest is not None:
             reporter().message(f"Resuming {run.path} from step {step}")
+            record_changes(run, latest[1], config, step)
         done = finished_note(run, step, config.optim.steps)
         if resuming and done:
             reporter().message(done)
@@ -168,30 +172,46 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
     return trainer
 
 
-FIXED_ON_RESUME = {
-    "output.dir": "the run goes on in its own directory",
-    "student.model": "the student goes on from the run's checkpoints of the model it started with",
-}
-
-
 def resumed_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The config a run was started with, plus command-line overrides (which may not move the run or swap
-    its student)."""
+    """The run's config.yaml plus command-line overrides, checked against the config its newest checkpoint was
+    trained with: a change that cannot apply to a running run (another student, another directory) is refused."""
     run = RunDir.open(run_dir)
     raw = read_yaml(run.config_path)
     if not raw:
         raise RunError(f"{run_dir}/config.yaml is empty: the run never started; start a new run instead")
-    started = validate(raw)
+    written = _run_config(raw, run.config_path)
+    trained_path = trained_config(run)
+    trained = _checkpoint_config(trained_path, written.output.dir) if trained_path else written
+    refuse_fixed(config_changes(trained, written), f"{run.config_path} was edited")
     for override in overrides:
         apply_override(raw, override)
     config = validate(raw)
-    for key, reason in FIXED_ON_RESUME.items():
-        before, after = (_dotted(c, key) for c in (started, config))
-        if after != before:
-            raise ConfigError(f"{key}={after} cannot change on --resume ({reason}: {before}); start a new run instead")
+    refuse_fixed(config_changes(trained, config), "on the command line")
     return config
 
 
-def _dotted(config: Config, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(config, section), name)
+def _run_config(raw: dict[str, Any], path: Path) -> Config:
+    """A run's own config file, validated; its errors name the file."""
+    try:
+        return validate(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _checkpoint_config(path: Path, run_dir: str) -> Config:
+    """The config a checkpoint was trained with, placed in ``run_dir`` (a run directory may have been moved)."""
+    config = _run_config(read_yaml(path), path)
+    config.output.dir = run_dir
+    return config
+
+
+def record_changes(run: RunDir, checkpoint: Path, config: Config, step: int) -> None:
+    """Tell and record (changes.jsonl) how ``config`` differs from the one ``checkpoint`` was trained with."""
+    trained_path = checkpoint / CONFIG_FILE
+    if not trained_path.is_file():
+        return
+    changes = config_changes(_checkpoint_config(trained_path, config.output.dir), config)
+    if changes:
+        shown = "; ".join(f"{key} {before} -> {after}" for key, (before, after) in changes.items())
+        reporter().message(f"from step {step + 1} on: {shown}")
+        run.record_changes(step, changes)

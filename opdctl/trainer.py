@@ -26,7 +26,7 @@ from opdctl import threads
 from opdctl.backends import Rollouts, Sampling, Student, Teacher, TeacherScores
 from opdctl.batching import mini_batches
 from opdctl.budget import BudgetLimits, BudgetState, update_budget
-from opdctl.checkpoint import OPTIMIZER_FILE, TrainerState
+from opdctl.checkpoint import CONFIG_FILE, OPTIMIZER_FILE, TrainerState
 from opdctl.config import Config
 from opdctl.data import PromptSampler, PromptSet
 from opdctl.distributed import World
@@ -88,6 +88,7 @@ class Trainer:
         optimizer = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         self.student.load_optimizer_state(self.updater.optimizer, optimizer)
         self.state = TrainerState.restore(checkpoint, self.updater.scheduler)
+        self.updater.reapply_config()  # a resume may have changed optim.lr, betas or weight decay
 
     def save(self) -> Path | None:
         """Process 0 writes a checkpoint; every process takes part in gathering sharded weights."""
@@ -96,6 +97,7 @@ class Trainer:
         def write(directory: Path) -> None:
             self.student.save(str(directory), weights)
             torch.save(optimizer, directory / OPTIMIZER_FILE)
+            (directory / CONFIG_FILE).write_text(self.config.to_yaml())
             self.state.save(directory, self.updater.scheduler)
 
         keep = self.config.output.keep_checkpoints
@@ -133,14 +135,16 @@ class Trainer:
             while state.step < cfg.optim.steps:
                 if stop.agreed(self.world):
                     raise self._stop(stop)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 try:
                     record = self.train_step()
                 except BackendError as exc:
                     raise self._interrupted(exc) from exc
                 state.elapsed += time.perf_counter() - started
+                state.cpu += time.process_time() - cpu
                 if record is not None:
                     record["elapsed_seconds"] = round(state.elapsed, 3)
+                    record["cpu_seconds"] = round(state.cpu, 3)
                     self.run.append_metrics(record)
                     advance(**_progress_fields(record))
                 if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < cfg.optim.steps:
@@ -323,6 +327,7 @@ class Trainer:
         if note:
             reporter().message(note)
         summary = summarize_run(scan.records, str(self.run.path), self.state.step, self.state.elapsed)
+        summary["cpu_seconds"] = round(self.state.cpu, 1)
         summary["cpu_threads"] = threads.setting()
         self.run.write_summary(summary)
         return summary

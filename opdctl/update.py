@@ -75,6 +75,16 @@ class Updater:
         updates = o.updates_per_step  # the schedule moves at every update; steps and warm-up count steps
         self.scheduler = lr_scheduler(self.optimizer, o.lr_schedule, o.warmup_steps * updates, o.steps * updates)
 
+    def reapply_config(self) -> None:
+        """After restoring a checkpoint's optimizer and schedule: the config's learning rate, betas and weight
+        decay, not the checkpoint's, from the next update on (the schedule keeps its place)."""
+        o = self.config.optim
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        self.scheduler.last_epoch -= 1
+        self.scheduler.step()  # recomputes every group's rate at the same place in the schedule
+
     @property
     def lr(self) -> float:
         """The learning rate of the next update."""

@@ -1,116 +1,91 @@
-"""Word problems: short English arithmetic stories with exact integer answers, generated locally.
+"""Word problems with worked solutions: English arithmetic stories whose every intermediate value is known.
 
-    Maya has 12 marbles. She buys 3 bags with 4 marbles in each bag. Then she gives
-    5 marbles to Leo. How many marbles does Maya have now?              (answer: 19)
+    Maya has 12 marbles. She buys 3 bags with 4 marbles in each bag. Then she gives 5 marbles
+    to Leo. How many marbles does Maya have now?
 
-The demo's idea (multi-step arithmetic, every slip carries into the answer) in natural
-language, for real pretrained models and their chat templates, with no download:
-``data.source: wordproblems`` trains on them, ``opdctl eval --bench wordproblems``
-scores a model on a fixed held-out set that training never draws from.
+    Maya starts with 12 marbles.
+    She buys 3 bags with 4 marbles in each bag: 3 * 4 = 12 marbles, so she has 12 + 12 = 24 marbles.
+    She gives 5 marbles to Leo, so she has 24 - 5 = 19 marbles.
+    The answer is \\boxed{19}.
+
+Three sets, all generated locally with no download:
+
+* ``wordproblems``: two or three operations in the training wordings;
+* ``wordproblems-long``: five to eight operations (solutions of 150-300 tokens), where one
+  slip early on spoils the rest, as on the paper's long reasoning rollouts;
+* ``wordproblems-reworded``: two or three operations told in wordings that training never
+  uses, to tell a model that learnt the skill from one that learnt the templates.
+
+``data.source`` trains on the first two (one story in ten, by a hash of its text, is held
+out for evaluation and never drawn); ``opdctl eval --bench`` scores all three; ``opdctl sft``
+learns the worked solutions. The solution restates each sentence and computes its effect, so
+the position of the first wrong number in a model's answer is where it went wrong
+(:func:`first_error`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-NAME = "wordproblems"
+from opdctl.wordings import OTHER, TRAINING, Wording
+
+SHORT, LONG, REWORDED = "wordproblems", "wordproblems-long", "wordproblems-reworded"
+DRILLS = "arithmetic"  # for opdctl sft: lines of sums as the solutions compute them
 SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 HELD_OUT_SIZE = 200
 HELD_OUT_SEED = 20261130
-PEOPLE = (("Maya", "she"), ("Leo", "he"), ("Ana", "she"), ("Sam", "he"), ("Priya", "she"), ("Omar", "he"),
-          ("Lena", "she"), ("Tom", "he"))  # fmt: skip
-PRONOUNS = {"she": ("her", "her"), "he": ("him", "his")}  # object, possessive
-ITEMS = (("marbles", "bag"), ("apples", "basket"), ("stickers", "pack"), ("pencils", "box"), ("cookies", "tray"),
-         ("stamps", "album"), ("coins", "jar"), ("cards", "deck"), ("shells", "bucket"),
-         ("books", "crate"))  # fmt: skip
+MAX_TOTAL = 100  # no intermediate amount grows past this
+NUMBER = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One set of problems: how many operations, in which wordings, and whether training may draw it."""
+
+    name: str
+    operations: tuple[int, int]
+    wording: Wording
+    trainable: bool
+
+
+KINDS = {
+    SHORT: Kind(SHORT, (2, 3), TRAINING, trainable=True),
+    LONG: Kind(LONG, (5, 8), TRAINING, trainable=True),
+    REWORDED: Kind(REWORDED, (2, 3), OTHER, trainable=False),
+}
 
 
 @dataclass(frozen=True)
 class WordProblem:
     story: str
     answer: str
+    solution: str  # worked, one line per sentence, ending "The answer is \boxed{N}."
 
     @property
     def prompt(self) -> str:
         return f"{self.story}\n{SUFFIX}"
 
 
-@dataclass(frozen=True)
-class _Scene:
-    name: str
-    she: str
-    her: str  # object
-    their: str  # possessive
-    friend: str
-    item: str
-    container: str
-
-
-Step = Callable[[random.Random, _Scene, int], tuple[str, int] | None]
-
-
-def _buy(rng: random.Random, s: _Scene, total: int) -> tuple[str, int]:
-    n = rng.randint(2, 15)
-    return f"{s.she.capitalize()} finds {n} more {s.item}.", total + n
-
-
-def _give(rng: random.Random, s: _Scene, total: int) -> tuple[str, int] | None:
-    if total < 3:
-        return None
-    n = rng.randint(2, min(total - 1, 15))
-    return f"{s.she.capitalize()} gives {n} {s.item} to {s.friend}.", total - n
-
-
-def _groups(rng: random.Random, s: _Scene, total: int) -> tuple[str, int]:
-    groups, each = rng.randint(2, 5), rng.randint(2, 6)
-    text = f"{s.she.capitalize()} buys {groups} {s.container}s with {each} {s.item} in each {s.container}."
-    return text, total + groups * each
-
-
-def _share(rng: random.Random, s: _Scene, total: int) -> tuple[str, int] | None:
-    ways = [k for k in (2, 3, 4, 5) if total % k == 0 and total // k >= 2]
-    if not ways:
-        return None
-    k = rng.choice(ways)
-    people = "a friend" if k == 2 else f"{k - 1} friends"
-    text = f"{s.she.capitalize()} shares all of {s.their} {s.item} equally between {s.her}self and {people}."
-    return text, total // k
-
-
-def _double(rng: random.Random, s: _Scene, total: int) -> tuple[str, int] | None:
-    if total > 40:
-        return None
-    return f"{s.friend} gives {s.her} as many {s.item} as {s.she} already has.", total * 2
-
-
-STEPS: tuple[Step, ...] = (_buy, _give, _groups, _share, _double)
-
-
-def _then(sentence: str) -> str:
-    first, rest = sentence.split(" ", 1)
-    return f"Then {first.lower() if first in ('She', 'He') else first} {rest}"
-
-
-def random_problem(rng: random.Random, steps: tuple[int, int] = (2, 3)) -> WordProblem:
-    """A story of ``steps`` operations on a starting amount; the answer stays a whole number >= 0."""
-    (name, she), friend = rng.choice(PEOPLE), rng.choice(PEOPLE)[0]
-    if friend == name:
-        friend = "a friend"
-    item, container = rng.choice(ITEMS)
-    scene = _Scene(name, she, *PRONOUNS[she], friend, item, container)
-    total = rng.randint(4, 20)
-    sentences = [f"{name} has {total} {item}."]
-    wanted = rng.randint(*steps)
-    while len(sentences) <= wanted:
-        result = rng.choice(STEPS)(rng, scene, total)
-        if result is not None:
-            sentence, total = result
-            sentences.append(_then(sentence) if len(sentences) > 1 else sentence)
-    sentences.append(f"How many {item} does {name} have now?")
-    return WordProblem(" ".join(sentences), str(total))
+def random_problem(rng: random.Random, kind: Kind = KINDS[SHORT]) -> WordProblem:
+    """A story of ``kind.operations`` operations on a starting amount; every amount stays a whole number >= 0."""
+    scene = kind.wording.scene(rng)
+    total = rng.randint(4, 30)
+    story, solution = [kind.wording.start(rng, scene, total)], [scene.fill("{name} starts with {n} {items}.", n=total)]
+    wanted = rng.randint(*kind.operations)
+    while len(story) <= wanted:
+        step = kind.wording.operation(rng, scene, total)
+        if step is None or not 0 <= step.total <= MAX_TOTAL:
+            continue
+        story.append(kind.wording.connect(rng, step.story) if len(story) > 1 else step.story)
+        solution.append(step.solution)
+        total = step.total
+    story.append(kind.wording.question(rng, scene))
+    solution.append(f"The answer is \\boxed{{{total}}}.")
+    return WordProblem(" ".join(story), str(total), "\n".join(solution))
 
 
 def _held_out(problem: WordProblem) -> bool:
@@ -118,21 +93,64 @@ def _held_out(problem: WordProblem) -> bool:
     return hashlib.sha256(problem.story.encode()).digest()[0] % 10 == 0
 
 
-def held_out(count: int = HELD_OUT_SIZE) -> list[WordProblem]:
-    """The fixed evaluation problems (the same on every machine)."""
-    rng, found, seen = random.Random(HELD_OUT_SEED), [], set()
+def held_out(name: str = SHORT, count: int = HELD_OUT_SIZE) -> list[WordProblem]:
+    """The fixed evaluation problems of set ``name`` (the same on every machine)."""
+    kind = KINDS[name]
+    rng, found, seen = random.Random(f"{HELD_OUT_SEED}-{name}"), [], set()
     while len(found) < count:
-        problem = random_problem(rng)
-        if _held_out(problem) and problem.story not in seen:
+        problem = random_problem(rng, kind)
+        if (_held_out(problem) or not kind.trainable) and problem.story not in seen:
             seen.add(problem.story)
             found.append(problem)
     return found
 
 
-def training_problems(seed: int) -> Iterator[WordProblem]:
-    """An endless stream of training problems, none of them in the held-out set."""
-    rng = random.Random(seed)
+def training_problems(seed: int, name: str = SHORT) -> Iterator[WordProblem]:
+    """An endless stream of training problems of set ``name``, none of them in its held-out set."""
+    kind = KINDS[name]
+    if not kind.trainable:
+        raise ValueError(f"{name} is for evaluation only: train on {SHORT} or {LONG}")
+    rng = random.Random(f"{seed}-{name}")
     while True:
-        problem = random_problem(rng)
+        problem = random_problem(rng, kind)
         if not _held_out(problem):
             yield problem
+
+
+def drills(seed: int, lines: int = 16) -> Iterator[WordProblem]:
+    """Arithmetic practice for ``opdctl sft``: each "solution" is ``lines`` computations of the kinds and sizes
+    the worked solutions write (subtractions most, which small models get wrong most), one per line."""
+    rng = random.Random(f"{seed}-{DRILLS}")
+    while True:
+        written = [_computation(rng) for _ in range(lines)]
+        yield WordProblem("Practise arithmetic.", "", "\n".join(written))
+
+
+def _computation(rng: random.Random) -> str:
+    kind = rng.choices("-+*/", weights=(5, 3, 1, 1))[0]
+    if kind == "*":
+        a, b = rng.randint(2, 8), rng.randint(2, 8)
+        return f"{a} * {b} = {a * b}"
+    if kind == "/":
+        b, result = rng.randint(2, 5), rng.randint(2, 25)
+        return f"{b * result} / {b} = {result}"
+    a, b = rng.randint(4, MAX_TOTAL), rng.randint(2, 40)
+    if kind == "-":
+        a, b = max(a, b + 1), b
+        return f"{a} - {b} = {a - b}"
+    return f"{a} + {b} = {a + b}"
+
+
+def first_error(solution: str, response: str) -> int | None:
+    """Where ``response`` first goes wrong: the character offset of its first number that differs from the
+    worked ``solution``'s number in the same place, or None when every number it writes agrees.
+
+    A response that follows the worked solution's form writes the same numbers in the same order, so the first
+    difference is the first wrong intermediate value (or a misread number of the story). A response that stops
+    early without an error has none; a wrong final answer always differs somewhere.
+    """
+    gold = [int(n) for n in NUMBER.findall(solution)]
+    for index, match in enumerate(NUMBER.finditer(response)):
+        if index >= len(gold) or int(match.group()) != gold[index]:
+            return match.start()
+    return None

@@ -26,7 +26,15 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from opdctl.demo.tokenizer import build_tokenizer  # noqa: E402
 
 # what a step cost, not what it computed: differs between runs that train identically
-COSTS = {"generate_seconds", "score_seconds", "update_seconds", "drift_seconds", "elapsed_seconds", "drift_checks"}
+COSTS = {
+    "generate_seconds",
+    "score_seconds",
+    "update_seconds",
+    "drift_seconds",
+    "elapsed_seconds",
+    "cpu_seconds",
+    "drift_checks",
+}
 
 
 @pytest.fixture(autouse=True)

@@ -64,3 +64,19 @@ def test_calibrate_writes_a_config_whose_threshold_holds_on_the_teacher_text(tin
     written = yaml.safe_load(out.read_text())
     assert 0 < written["prune"]["threshold"] <= 1 and written["prune"]["metric"] == "weighted_overlap"
     assert (tmp_path / "signals.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_with_worked_solutions_every_signal_is_judged_against_the_first_wrong_number(tiny_models, tmp_path):
+    args = ["calibrate", f"student.model={tiny_models['student']}", f"teacher.model={tiny_models['teacher']}",
+            "data.source=wordproblems", "loss.k=16", "prune.k=4", "--samples", "6", "--max-new-tokens", "24",
+            "--target", "0.2", "--error-plot", str(tmp_path / "errors.png")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = result.output[result.output.index("drift signals against the first wrong number") :]
+    assert "of 6 student rollouts have one" in table.splitlines()[0]
+    for signal in ("overlap_ratio@4", "weighted_overlap@16", "teacher_top_p@1", "teacher_prob@8"):
+        assert signal in table
+    assert (tmp_path / "errors.png").stat().st_size > 10_000
+    refused = CliRunner().invoke(app, ["calibrate", "--error-plot", str(tmp_path / "e.png")])  # the demo task
+    assert refused.exit_code == 1 and "--error-plot needs prompts with worked solutions" in refused.output

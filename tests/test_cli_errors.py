@@ -80,7 +80,7 @@ def test_prompt_longer_than_the_limit(tiny_models, tmp_path):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"prompt": "1+" * 300}) + "\n")
     result = _bad_run(tiny_models, tmp_path, data={"source": str(data), "limit": None, "max_prompt_tokens": 100})
-    assert_one_line_error(result, "row 0", "data.max_prompt_tokens=100")
+    assert_one_line_error(result, "row 1", "data.max_prompt_tokens=100")
 
 
 def test_prompt_plus_response_beyond_the_context(tiny_models, tmp_path):
@@ -136,3 +136,12 @@ def test_non_finite_loss_skips_steps_then_stops_with_an_intact_run(tiny_models, 
     records = read_metrics(tmp_path / "run")
     assert [r["skipped"] for r in records] == [True, True]  # the third one raised before it was logged
     assert not list((tmp_path / "run").rglob(".*partial*"))
+
+
+def test_a_quoted_reason_ends_at_a_word_not_inside_one():
+    from opdctl.errors import reason
+
+    cause = ValueError("Error while deserializing header: Either the file is corrupted or this is not a safetensors")
+    assert reason(cause, limit=60) == "Error while deserializing header: Either the file is..."
+    assert reason(cause) == str(cause)
+    assert reason(OSError(2, "No such file or directory", "/x/model.safetensors")).startswith("/x/model.safetensors:")

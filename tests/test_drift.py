@@ -57,6 +57,15 @@ def test_top_p_acceptance_nucleus_edges(sampled, top_p, accepted):
     assert result.item() is accepted
 
 
+@pytest.mark.parametrize(("sampled", "probability"), [(10, 0.5), (11, 0.3), (12, 0.15), (99, 0.0)])
+def test_teacher_prob_is_the_teachers_probability_of_the_sampled_token(sampled, probability):
+    ids, logprobs = _teacher([0.5, 0.3, 0.15])
+    view = drift.DriftView(ids, logprobs, ids, logprobs, torch.tensor([[sampled]]))
+    value = drift.teacher_prob_metric(view, 0.2)
+    assert value.item() == pytest.approx(probability)
+    assert drift.bad_events(value, torch.ones(1, 1, dtype=torch.bool), 0.2).item() is (probability < 0.2)
+
+
 def test_top_p_accepts_every_top_k_id_when_mass_never_reaches_threshold():
     ids, logprobs = _teacher([0.3, 0.2, 0.1])  # total 0.6 < 0.9
     sampled = torch.tensor([[12]])

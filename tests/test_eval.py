@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from fractions import Fraction
 from math import comb
@@ -211,7 +212,7 @@ def test_data_files_pair_with_benchmark_names(tmp_path):
         (["aime24"], [{"text": "q", "answer": "1"}], Fields(), ["no problem column", "problem, question", "text"]),
         (["aime24"], [{"problem": "q", "sol": "1"}], Fields(), ["no answer column", "answer", "--answer-field"]),
         (["aime24"], [{"q": "x", "a": "1"}], Fields(problem="q", answer="b"), ["no answer column 'b'", "q, a"]),
-        (["aime24"], [{"problem": "q", "answer": None}], Fields(), ["row 0", "non-empty 'problem'", "'answer'"]),
+        (["aime24"], [{"problem": "q", "answer": None}], Fields(), ["row 1", "non-empty 'problem'", "'answer'"]),
         (["aime24"], [{"problem": "q", "answer": "1", "n": 1}] * 2, Fields(id="n"), ["'n' repeats ids", "--id-field"]),
         (["aime24", "aime"], [{"problem": "q", "answer": "1"}], Fields(), ["file(s) for 3 benchmark(s)"]),
     ],
@@ -350,6 +351,22 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_models, tmp_pat
     assert sorted_responses(tmp_path / "cut") == sorted_responses(tmp_path / "whole")
     other = run_cli(*args[:-2], "--batch-size", 3, "-n", 2, "-o", tmp_path / "whole")
     assert other.exit_code == 1 and "other settings (n: 4 there, 2 now)" in other.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kept", [3, 9, 14])
+def test_an_evaluation_cut_inside_a_chunk_resumes_to_the_same_answers(tiny_models, tmp_path, kept):
+    data = demo_file(tmp_path / "mini.jsonl", 5)
+    args = ["eval", "--data", data, "--model", tiny_models["teacher"], "-n", 4, "--temperature", 1.0,
+            "--max-new-tokens", 10, "--batch-size", 6]  # fmt: skip
+    assert run_cli(*args, "-o", tmp_path / "whole").exit_code == 0
+    cut = Path(shutil.copytree(tmp_path / "whole", tmp_path / "cut"))
+    (cut / "summary.json").unlink()
+    lines = (cut / "responses.jsonl").read_text().splitlines(keepends=True)
+    (cut / "responses.jsonl").write_text("".join(lines[:kept]))  # a disk that filled up mid-chunk
+    resumed = run_cli(*args, "-o", cut)
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted_responses(cut) == sorted_responses(tmp_path / "whole")
 
 
 def test_a_resume_with_other_settings_names_the_one_that_differs():

@@ -26,12 +26,11 @@ from opdctl.rundir import RunDir
 from .conftest import assert_one_line_error, read_metrics, run_cli, tiny_config, write_config
 
 
-def spawn(*args, **popen) -> subprocess.Popen:
-    """``opdctl ARGS`` in its own process, as a user would start it in another shell."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+def spawn(*args, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """``opdctl ARGS`` in its own process, as a user would start it in another shell (``env``: more variables)."""
     return subprocess.Popen(
         [sys.executable, "-m", "opdctl", *map(str, args)],
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -188,7 +187,7 @@ def test_a_data_row_without_its_prompt_is_an_error_naming_the_row(tiny_models, t
     rows = [{"prompt": "1+1="}, {"prompt": "2+2="}, {"question": "3+3="}, {"prompt": None}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path, run_dir = new_config(tiny_models, tmp_path, data={"source": str(data), "limit": None})
-    assert_one_line_error(run_cli("train", "-c", path), "row 2", "'prompt'", "data.skip_bad_rows")
+    assert_one_line_error(run_cli("train", "-c", path), "row 3", "'prompt'", "data.skip_bad_rows")  # line 3
     assert not run_dir.exists()
 
     skipping = run_cli("train", "-c", path, "data.skip_bad_rows=true", "optim.steps=1", "optim.prompts_per_step=2")
@@ -265,6 +264,21 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_named(finished_run, tmp_path
     assert evals_of(run_dir) == [(0, "before"), (4, "after")]
 
 
+@pytest.mark.slow
+def test_evaluating_a_run_names_its_damaged_newest_checkpoint(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    newest = run_dir / "checkpoints" / "step_000004"
+    _cut(newest / "optimizer.pt")
+    args = ["eval", "--model", run_dir, "--bench", "synthetic", "-n", 1, "--max-problems", 1, "--max-new-tokens", 4]
+    result = run_cli(*args, "-o", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    assert "the newest checkpoint" in flat(result.output) and "(step 4) is incomplete or damaged" in flat(result.output)
+    assert "evaluating step 2" in flat(result.output)
+    chosen = run_cli(*args, "--checkpoint", 4, "-o", tmp_path / "f")
+    assert_one_line_error(chosen, "checkpoint at step 4", "is incomplete or damaged (optimizer.pt has",
+                          "choose another --checkpoint")  # fmt: skip
+
+
 UNLOADABLE = {
     "weights scrambled": lambda c: _scramble(c / "model.safetensors"),
     "trainer state scrambled": lambda c: _scramble(c / "trainer_state.json"),
@@ -310,6 +324,61 @@ def test_resume_rules(finished_run, tmp_path):
     assert "restarting from step 0" in flat(result.output)
     assert steps_of(run_dir) == [1, 2, 3, 4]
     assert evals_of(run_dir) == [(0, "before"), (4, "after")]
+
+
+def resumable_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """A copy of the finished run as if it had been killed after step 2's checkpoint."""
+    run_dir = copy_run(finished_run, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints" / "step_000004")
+    return run_dir
+
+
+def changes_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "changes.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_an_override_on_resume_applies_from_the_next_step_and_is_recorded(finished_run, tmp_path):
+    run_dir = resumable_copy(finished_run, tmp_path)
+    result = run_cli("train", "--resume", run_dir, "optim.lr=0.5")
+    assert result.exit_code == 0, result.output
+    assert "from step 3 on: optim.lr 0.001 -> 0.5" in flat(result.output)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run_dir) if "eval" not in r}
+    assert lrs[2] == 0.001 and lrs[3] == lrs[4] == 0.5  # the optimizer's rate, not only the config's
+    assert changes_of(run_dir) == [{"from_step": 3, "changes": {"optim.lr": {"before": 0.001, "after": 0.5}}}]
+    assert "lr: 0.5" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_an_edited_config_yaml_applies_from_the_next_step_and_is_recorded(finished_run, tmp_path):
+    run_dir = resumable_copy(finished_run, tmp_path)
+    config = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(config.replace("  n: 2\n", "  n: 3\n", 1))
+    result = run_cli("train", "--resume", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "from step 3 on: rollout.n 2 -> 3" in flat(result.output)
+    assert changes_of(run_dir)[0]["changes"] == {"rollout.n": {"before": 2, "after": 3}}
+    rollouts = {r["step"]: sum(r[f"finish_{k}"] for k in ("eos", "length", "drift")) for r in read_metrics(run_dir)
+                if "eval" not in r}  # fmt: skip
+    assert rollouts[2] == 3 * 2 and rollouts[3] == 3 * 3
+
+
+@pytest.mark.slow
+def test_an_edited_student_in_config_yaml_is_refused(finished_run, tmp_path):
+    run_dir = resumable_copy(finished_run, tmp_path)
+    config = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(config.replace("model: ", "model: /elsewhere", 1))
+    before = snapshot(run_dir)
+    result = run_cli("train", "--resume", run_dir)
+    assert_one_line_error(result, "student.model=/elsewhere", "cannot change on --resume", "config.yaml was edited")
+    assert snapshot(run_dir) == before
+
+
+def test_an_unknown_key_in_a_run_config_names_the_run_file(finished_run, tmp_path):
+    run_dir = resumable_copy(finished_run, tmp_path)
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text() + "extra_section: {a: 1}\n")
+    result = run_cli("train", "--resume", run_dir)
+    assert_one_line_error(result, f"{run_dir / 'config.yaml'}:", "unknown config key 'extra_section'")
 
 
 # signals ---------------------------------------------------------------------------------------
@@ -485,6 +554,26 @@ def test_inspect_shows_the_rest_of_a_run_with_a_damaged_trace_file(finished_run,
     assert [row["first_step"] for row in report["summary"]["steps"]] == [1, 2, 4]
 
 
+def test_report_names_the_damaged_files_it_leaves_out(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    damaged = run_dir / "traces" / "tokens" / "step_000003.parquet"
+    _cut(damaged)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    result = run_cli("report", run_dir)
+    assert result.exit_code == 0, result.output
+    assert f"{damaged} is damaged" in flat(result.output) and "line 2: not a JSON record" in flat(result.output)
+    page = (run_dir / "report.html").read_text()
+    assert "Left out" in page and "step 3 left out" in page
+
+
+def test_a_run_whose_traces_are_gone_says_so(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    shutil.rmtree(run_dir / "traces")
+    for command in ("report", "inspect-drift"):
+        assert_one_line_error(run_cli(command, run_dir), "traces/ files are missing", "output.trace_every=1")
+
+
 @pytest.mark.slow
 def test_inspect_of_a_live_run_survives_a_checkpoint_rotated_away(finished_run, monkeypatch):
     checkpoints = RunDir(finished_run).checkpoints()
@@ -556,3 +645,82 @@ def test_an_unknown_hub_model_for_eval_names_the_option(tmp_path):
     result = run_cli("eval", "--bench", "synthetic", "--model", "no-such-org/no-such-model", "-o", tmp_path / "e")
     assert_one_line_error(result, "--model='no-such-org/no-such-model'")
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.slow
+def test_a_repeated_metrics_line_is_counted_once_and_named(finished_run, tmp_path):
+    run_dir = resumable_copy(finished_run, tmp_path)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    second = next(i for i, line in enumerate(lines) if json.loads(line).get("step") == 2 and "eval" not in line)
+    (run_dir / "metrics.jsonl").write_text("\n".join([*lines, lines[second]]) + "\n")  # one step's line twice
+    shown = run_cli("inspect-drift", run_dir)
+    assert shown.exit_code == 0, shown.output
+    assert f"line {second + 1}: repeated by a later record of the same step, skipped" in flat(shown.output)
+    result = run_cli("train", "--resume", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "repeated by a later record of the same step: dropped" in flat(result.output)
+    assert steps_of(run_dir) == [1, 2, 3, 4]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["rollouts"] == 4 * 6
+
+
+# messages that name the problem and the fix ------------------------------------------------------
+
+
+def test_a_number_too_long_to_read_names_its_key(tmp_path):
+    result = run_cli("config", f"optim.steps={'9' * 5000}")
+    assert_one_line_error(result, "override optim.steps", "5000 characters", "give a shorter value")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"optim:\n  lr: {'9' * 5000}\n")
+    assert_one_line_error(run_cli("config", "-c", config), str(config), "number longer than Python reads")
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  lr: 0.1\n  steps: 3\n  lr: 0.5\n")
+    assert_one_line_error(run_cli("config", "-c", config), f"{config} line 4", "key 'lr' appears twice",
+                          "first on line 2")  # fmt: skip
+
+
+def test_an_evaluation_output_that_cannot_be_created_names_the_option(tiny_models):
+    result = run_cli("eval", "--model", tiny_models["teacher"], "--bench", "synthetic", "-o", "/proc/opdctl-eval")
+    assert_one_line_error(result, "cannot create /proc/opdctl-eval", "choose another --output")
+
+
+def test_a_model_cache_that_cannot_be_created_names_opdctl_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPDCTL_CACHE", "/proc/opdctl-cache")
+    result = run_cli("eval", "--model", "demo:teacher", "--bench", "synthetic", "-o", tmp_path / "e")
+    assert_one_line_error(result, "cannot create the model cache /proc", "set OPDCTL_CACHE to a writable directory")
+
+
+@pytest.mark.slow
+def test_a_resume_removes_what_killed_writes_left(finished_run, tmp_path):
+    run_dir = copy_run(finished_run, tmp_path)
+    temporary = run_dir / "traces" / "tokens" / f".step_000005.parquet.a2lih5zt{files.TEMPORARY}"
+    temporary.write_bytes(b"PAR1 cut short")  # as a SIGKILL during a trace write leaves it
+    staging = run_dir / "checkpoints" / f".step_000006{files.STAGING}"
+    staging.mkdir()
+    (staging / "optimizer.pt").write_bytes(b"half")
+    result = run_cli("train", "--resume", run_dir)
+    assert result.exit_code == 0, result.output
+    assert not temporary.exists() and not staging.exists()
+    assert not [p for p in run_dir.rglob(".*") if p.name != ".opdctl.lock"]
+
+
+# logs -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_logged_to_a_file_prints_progress_lines(tiny_models, tmp_path):
+    path, run_dir = new_config(tiny_models, tmp_path, optim={"steps": 20}, output={"save_every": 100}, eval=EVAL)
+    process = spawn("train", "-c", path)  # stdout and stderr are a pipe, as with nohup or | tee
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    lines = [line for line in output.splitlines() if line.startswith("Training ")]
+    assert [line.split()[1] for line in lines] == [f"{n}/20" for n in range(1, 21)]  # every 5%
+    assert "eta" in lines[0] and "kl " in lines[0]
+    assert any(line.startswith("synthetic 2/2 (100%)") for line in output.splitlines())
+    every = spawn("train", "--resume", run_dir, "optim.steps=30", env={"OPDCTL_PROGRESS_EVERY": "5"})
+    output, _ = every.communicate(timeout=600)
+    assert [line.split()[1] for line in output.splitlines() if line.startswith("Training ")] == [
+        "20/30", "25/30", "30/30"]  # fmt: skip

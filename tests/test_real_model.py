@@ -23,8 +23,9 @@ from opdctl.calibrate import both_views, calibrate
 from opdctl.cli import app
 from opdctl.configfile import validate
 from opdctl.data import chat_prompt, load_prompts
+from opdctl.gguf import package_file
 from opdctl.shrink import INFO_FILE, ShrinkSettings, shrink
-from opdctl.sources import package_file, resolve_model
+from opdctl.sources import resolve_model
 from opdctl_hf import HFStudent, HFTeacher
 
 from .conftest import read_metrics, write_config

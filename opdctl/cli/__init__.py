@@ -15,7 +15,7 @@ from opdctl.cli.backends import backends_app
 from opdctl.cli.common import print_version
 from opdctl.cli.evaluate import eval_command
 from opdctl.cli.inspect import inspect_drift, report
-from opdctl.cli.models import calibrate, shrink
+from opdctl.cli.models import calibrate, sft, shrink
 from opdctl.cli.train import show_config, train
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ app.command("config")(show_config)
 app.command("inspect-drift")(inspect_drift)
 app.command()(report)
 app.command("eval")(eval_command)
+app.command()(sft)
 app.command()(shrink)
 app.command()(calibrate)
 

@@ -101,7 +101,7 @@ def eval_command(
 
         opdctl eval --bench paper --base-url http://127.0.0.1:8000/v1 --served-model student --model ./ckpt
     """
-    from opdctl.console import RichReporter, console, eval_table, stdout
+    from opdctl.console import cli_reporter, console, eval_table, stdout
     from opdctl.evaluation.benchmarks import Fields
     from opdctl.evaluation.session import EvalRequest, run_eval
 
@@ -139,7 +139,7 @@ def eval_command(
         )
         from opdctl.progress import reporting_to
 
-        with reporting_to(RichReporter()):
+        with reporting_to(cli_reporter()):
             result = run_eval(request)
         title = f"opdctl eval {model or served_model}  (n={samples}, temperature {temperature:g}, top-p {top_p:g})"
         stdout.print(eval_table(title, result.scores, result.overall, result.n))

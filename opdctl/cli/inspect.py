@@ -78,7 +78,9 @@ def report(
     def action() -> None:
         if output is not None:
             output_file(output, "--output")
-        path = write_report(run_dir, output, compare, rollouts, level)
+        path, warnings = write_report(run_dir, output, compare, rollouts, level)
+        for warning in warnings:
+            console.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)
         console.print(f"[dim]·[/dim] wrote {path}", highlight=False)
 
     run_command(debug, action)

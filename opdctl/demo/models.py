@@ -11,11 +11,9 @@ Prune-OPD keeps the second from costing compute.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from opdctl.cache import cache_root, cached
 from opdctl.demo.task import Problem, random_problem
 from opdctl.demo.tokenizer import build_tokenizer
 from opdctl.evaluation.grading import last_boxed
@@ -60,13 +59,6 @@ class Recipe:
     seed: int = 0
 
 
-def cache_root() -> Path:
-    """Where demo models live: $OPDCTL_CACHE, else ~/.cache/opdctl (XDG_CACHE_HOME respected)."""
-    if "OPDCTL_CACHE" in os.environ:
-        return Path(os.environ["OPDCTL_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "opdctl"
-
-
 def demo_dir(recipe: Recipe = Recipe()) -> Path:
     """One cache directory per recipe: a changed recipe never reuses stale models."""
     digest = hashlib.sha256(repr(recipe).encode()).hexdigest()[:8]
@@ -80,19 +72,15 @@ def ensure_models(recipe: Recipe = Recipe()) -> Path:
     are copied into the cache instead of built, which saves a first run about 110 s on
     2 cores. Any other recipe is built.
     """
-    target = demo_dir(recipe)
-    if (target / "info.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same cache
-        if not (target / "info.json").is_file():
-            bundled = BUNDLED / target.name
-            if (bundled / "info.json").is_file():
-                _install(bundled, target)
-            else:
-                _build(recipe, target)
-    return target
+    bundled = BUNDLED / demo_dir(recipe).name
+
+    def build(target: Path) -> None:
+        if (bundled / "info.json").is_file():
+            _install(bundled, target)
+        else:
+            _build(recipe, target)
+
+    return cached(demo_dir(recipe), "info.json", build)
 
 
 def _install(source: Path, target: Path) -> None:

@@ -12,7 +12,7 @@ from opdctl.data import FILE_FORMATS, load_rows
 from opdctl.errors import DataError, reason
 
 SYNTHETIC = "synthetic"
-WORDPROBLEMS = "wordproblems"
+WORDPROBLEMS = ("wordproblems", "wordproblems-long", "wordproblems-reworded")  # opdctl.wordproblems' sets
 MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 PROBLEM_FIELDS = ("problem", "question", "Problem", "Question", "prompt", "input")
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer", "gold", "ground_truth", "target", "solution")
@@ -38,7 +38,7 @@ HUB = {
     "math500": HubSource("HuggingFaceH4/MATH-500", "test"),
 }
 GROUPS = {"aime": ("aime24", "aime25"), "paper": ("amc23", "aime24", "aime25", "hmmt24", "hmmt25")}
-BUILTIN = (SYNTHETIC, WORDPROBLEMS)  # generated here, no file or hub needed
+BUILTIN = (SYNTHETIC, *WORDPROBLEMS)  # generated here, no file or hub needed
 NAMES = (*HUB, *GROUPS, *BUILTIN)
 
 
@@ -83,14 +83,15 @@ def synthetic(limit: int | None = None) -> Benchmark:
     return Benchmark(SYNTHETIC, problems[:limit], source="the demo task's held-out problems")
 
 
-def wordproblems(limit: int | None = None) -> Benchmark:
-    """opdctl's held-out English word problems (never trained on), graded leniently: small models often
-    state the answer without \\boxed{}."""
-    from opdctl.wordproblems import held_out
+def wordproblems(limit: int | None = None, name: str = WORDPROBLEMS[0]) -> Benchmark:
+    """One of opdctl's held-out English word problem sets (never trained on), graded leniently: small models
+    often state the answer without \\boxed{}."""
+    from opdctl.wordproblems import HELD_OUT_SIZE, held_out
 
-    problems = [Problem(f"{WORDPROBLEMS}-{i}", p.story, p.answer) for i, p in enumerate(held_out())]
-    source = "opdctl's held-out word problems (the last number counts when there is no \\boxed{})"
-    return Benchmark(WORDPROBLEMS, problems[:limit], MATH_TEMPLATE, source, lenient=True)
+    count = min(limit or HELD_OUT_SIZE, HELD_OUT_SIZE)
+    problems = [Problem(f"{name}-{i}", p.story, p.answer) for i, p in enumerate(held_out(name, count))]
+    source = f"opdctl's held-out {name} (the last number counts when there is no \\boxed{{}})"
+    return Benchmark(name, problems, MATH_TEMPLATE, source, lenient=True)
 
 
 def is_path(entry: str) -> bool:
@@ -189,7 +190,7 @@ def _in_directory(directory: Path, name: str) -> Path:
 
 def _load(name: str, source: Path | None, fields: Fields, template: str | None, limit: int | None) -> Benchmark:
     if name in BUILTIN and source is None:
-        benchmark = synthetic(limit) if name == SYNTHETIC else wordproblems(limit)
+        benchmark = synthetic(limit) if name == SYNTHETIC else wordproblems(limit, name)
         return replace(benchmark, prompt_template=template or benchmark.prompt_template)
     if source is None:
         hub = HUB[name]
@@ -239,7 +240,7 @@ def _problems(rows: list[dict[str, Any]], where: str, name: str, fields: Fields)
         text, gold = row.get(problem), row.get(answer)
         if not isinstance(text, str) or not text.strip() or gold is None or not str(gold).strip():
             raise DataError(
-                f"{where} row {index}: needs a non-empty {problem!r} (the problem text) and {answer!r} "
+                f"{where} row {index + 1}: needs a non-empty {problem!r} (the problem text) and {answer!r} "
                 "(the reference answer)"
             )
         problems.append(Problem(f"{name}-{index}", text, _answer_text(gold)))

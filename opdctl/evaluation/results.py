@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from opdctl.errors import ConfigError
-from opdctl.files import append_line, atomic_write
+from opdctl.files import append_line, atomic_write, remove_leftovers
 from opdctl.jsonl import scan_jsonl
-from opdctl.ownership import DirLock, check_output
+from opdctl.ownership import DirLock, check_output, make_output
 from opdctl.progress import reporter
 
 Row = dict[str, Any]
@@ -44,11 +44,12 @@ class EvalDir:
         """
         check_output(path, "evaluation", "--output")
         out = cls(path)
-        out.path.mkdir(parents=True, exist_ok=True)
+        make_output(out.path, "--output")
         out.lock.acquire()
         try:
             if out.settings_path.is_file():
                 out._check_same(json.loads(out.settings_path.read_text()), settings)
+                remove_leftovers(out.path)
                 out._tidy()
             else:
                 atomic_write(out.settings_path, json.dumps(settings, indent=2) + "\n")

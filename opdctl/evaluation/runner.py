@@ -1,8 +1,9 @@
 """Generating answers to a benchmark, grading them, and scoring the benchmark.
 
 Work goes in chunks of at most ``batch_size`` (problem, sample) rows. The chunks and
-their seeds are a pure function of the settings, so an interrupted evaluation that is
-resumed generates exactly the rows an uninterrupted one would (on CPU, HF backend).
+their seeds are a pure function of the settings, and a chunk that an interruption left
+half written is generated again whole (its missing rows kept), so an interrupted evaluation
+that is resumed gives exactly the rows an uninterrupted one would (on CPU, HF backend).
 """
 
 from __future__ import annotations
@@ -78,10 +79,11 @@ def generate_rows(
     with reporter().task(benchmark.name, len(units)) as advance:
         advance(len(finished & {(u.problem.id, u.sample) for u in units}))
         for index, chunk in enumerate(_chunks(units, batch_size)):
-            todo = [u for u in chunk if (u.problem.id, u.sample) not in finished]
-            if not todo:
+            if all((u.problem.id, u.sample) in finished for u in chunk):
                 continue
-            new = _answer(generator, tokenizer, benchmark, todo, settings, grader, _seed(settings, benchmark, index))
+            seed = _seed(settings, benchmark, index)
+            answered = _answer(generator, tokenizer, benchmark, chunk, settings, grader, seed)
+            new = [row for row in answered if (row["problem_id"], row["sample"]) not in finished]
             if write is not None:
                 write(new)
             rows.extend(new)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from opdctl.backends import Generator
+from opdctl.checkpoint import checkpoint_problem
 from opdctl.configfile import format_validation_error
 from opdctl.demo import DEMO_PREFIX
 from opdctl.errors import BackendError, ConfigError, RunError, reason
@@ -24,11 +25,13 @@ from opdctl.evaluation.metrics import BenchmarkScore, overall, score
 from opdctl.evaluation.results import EvalDir
 from opdctl.evaluation.runner import Settings, context_length, generate_rows
 from opdctl.files import write_failure
+from opdctl.gguf import GGUF_SUFFIX, PACKAGE_PREFIX
 from opdctl.ownership import check_output
 from opdctl.progress import reporter
 from opdctl.registry import backend_class
 from opdctl.rundir import RunDir
-from opdctl.sources import GGUF_SUFFIX, PACKAGE_PREFIX, resolve_model
+from opdctl.skilled import PREFIX as SKILLED_PREFIX
+from opdctl.sources import resolve_model
 
 UNANSWERED_WARNING = 0.5  # warn when at least this share of a benchmark's responses has no answer
 
@@ -174,7 +177,10 @@ def _check(request: EvalRequest) -> None:
     if request.base_url and not (request.tokenizer or request.model):
         raise ConfigError("--base-url needs the model's tokenizer: give --model (path, hub id) or --tokenizer")
     if not request.base_url and not request.model:
-        raise ConfigError("give --model (a model directory, hub id, run directory or demo:teacher / demo:student)")
+        raise ConfigError(
+            "give --model (a model directory, hub id, run directory, demo:teacher / demo:student or "
+            "smollm2:teacher / smollm2:student)"
+        )
     if request.temperature == 0 and request.n > 1:
         reporter().message(f"warning: greedy decoding (temperature 0) gives {request.n} identical samples")
 
@@ -188,16 +194,25 @@ def resolve(model: str | None, checkpoint: int | None) -> ModelRef:
     if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
         run = RunDir.open(path)
         found = dict(run.checkpoints())
+        damaged = {step: where for step, where in run.all_checkpoints() if step not in found}
+        if checkpoint in damaged:
+            raise RunError(f"the checkpoint at step {checkpoint} ({damaged[checkpoint]}) is incomplete or damaged "
+                           f"({checkpoint_problem(damaged[checkpoint])}): choose another --checkpoint")  # fmt: skip
         if not found:
             raise RunError(f"run {path} has no complete checkpoint yet: evaluate it after its first checkpoint")
         step = checkpoint if checkpoint is not None else max(found)
         if step not in found:
             steps = ", ".join(str(s) for s in sorted(found))
             raise RunError(f"run {path} has no checkpoint at step {step}: its checkpoints are at steps {steps}")
+        newer = max((s for s in damaged if s > step), default=None)
+        if checkpoint is None and newer is not None:
+            problem = checkpoint_problem(damaged[newer])
+            reporter().message(f"warning: the newest checkpoint of {path} (step {newer}) is incomplete or damaged "
+                               f"({problem}): evaluating step {step}")  # fmt: skip
         return ModelRef(str(found[step]), f"{path.resolve().name}-step{step}")
     if checkpoint is not None:
         raise ConfigError(f"--checkpoint needs --model to be a run directory (with config.yaml), not {model!r}")
-    if model.startswith(DEMO_PREFIX):
+    if model.startswith((DEMO_PREFIX, SKILLED_PREFIX)):
         return ModelRef(model, model.replace(":", "-"))
     if model.startswith(PACKAGE_PREFIX):
         return ModelRef(model, Path(model).stem or model[len(PACKAGE_PREFIX) :])

@@ -254,3 +254,43 @@ def calibration_figure(result: Calibration, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def error_alignment_figure(result: Calibration, path: Path, span: int = 40) -> None:
+    """Each metric's bad-event rate at top-16 (or the widest k measured), by token position relative to the first
+    wrong number of the student's rollouts, at the threshold calibrated on teacher text (else the paper's)."""
+    from opdctl.calibrate import PAPER_THRESHOLDS, Signal, choose_threshold
+    from opdctl.errors import OpdctlError
+
+    figure_path(path)
+    text, errors = result.student_text, result.first_errors or []
+    width = max(signal.k for signal in result.signals())
+    offsets = np.arange(-span, span + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for metric in PAPER_THRESHOLDS:
+        signal = Signal(metric, width)
+        try:
+            threshold = choose_threshold(signal, result.teacher_text.values(signal), result.target)
+        except OpdctlError:
+            threshold = PAPER_THRESHOLDS[metric]
+        bad, mask = signal.bad(text.grid(signal), threshold).numpy(), text.rollouts.mask.numpy()
+        hits, seen = np.zeros(len(offsets)), np.zeros(len(offsets))
+        for row, error in enumerate(errors):
+            if error is None:
+                continue
+            positions = error + offsets
+            inside = (positions >= 0) & (positions < mask.shape[1])
+            valid = np.zeros(len(offsets), dtype=bool)
+            valid[inside] = mask[row, positions[inside]]
+            seen += valid
+            hits[valid] += bad[row, positions[valid]]
+        ax.plot(offsets, hits / np.maximum(seen, 1), label=f"{signal.name} at {threshold:.3g}")
+    ax.axvline(0, color="grey", linestyle=":")
+    ax.set_xlabel("tokens from the first wrong number")
+    ax.set_ylabel("share of tokens that are bad events")
+    ax.legend(fontsize=7)
+    ax.set_title("Where drift signals fire around the student's first error", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -44,7 +44,21 @@ class RunTraces:
     def _no_traces(self, steps: tuple[int, int] | None, traced: list[int]) -> str:
         if steps and traced:
             return f"{self.path} has no traces in steps {steps[0]}-{steps[1]} (traced: steps {traced[0]}-{traced[-1]})"
+        every = self._configured("output", "trace_every")
+        if isinstance(every, int) and every > 0 and self.metrics:
+            found = "damaged" if traced else "missing"
+            return (f"{self.path} has no readable traces: its traces/ files are {found}, though the run recorded them "
+                    f"(output.trace_every={every}); restore them from a copy of the run")  # fmt: skip
         return f"{self.path} has no traces (runs record them when output.trace_every > 0)"
+
+    def _configured(self, section: str, key: str) -> Any:
+        """A value of the run's config.yaml (None if it cannot be read)."""
+        import yaml
+
+        try:
+            return (yaml.safe_load(self.run.config_path.read_text()) or {}).get(section, {}).get(key)
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
 
     def _readable(self, *paths: Path) -> bool:
         """Whether both trace files of a step open as parquet (else a warning names the damaged one)."""
@@ -110,10 +124,7 @@ class RunTraces:
                 return AutoTokenizer.from_pretrained(checkpoint)
             except (OSError, ValueError):
                 continue
-        import yaml
-
-        config = yaml.safe_load(self.run.config_path.read_text())
-        return AutoTokenizer.from_pretrained(resolve_model(config["student"]["model"]))
+        return AutoTokenizer.from_pretrained(resolve_model(self._configured("student", "model")))
 
 
 def _in(step: int, window: tuple[int, int] | None) -> bool:

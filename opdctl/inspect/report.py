@@ -64,11 +64,14 @@ def sample_rollouts(traces: RunTraces, limit: int) -> Sample:
     return Sample(chosen, traced, note)
 
 
-def build_report(run_dir: Path, compare: Path | None = None, rollouts: int = 40, level: float = 0.5) -> str:
-    """The whole page as a string."""
+def build_report(
+    run_dir: Path, compare: Path | None = None, rollouts: int = 40, level: float = 0.5
+) -> tuple[str, list[str]]:
+    """The whole page as a string, and the warnings about damaged files it left out (also shown on the page)."""
     traces = RunTraces(run_dir)
     summary = summarize(traces, level, len(traces.steps))
     other = RunTraces(compare) if compare else None
+    warnings = [*traces.warnings, *(other.warnings if other else [])]
     other_summary = summarize(other, level, len(other.steps)) if other else None
     profile = position_profile(traces)
     sample = sample_rollouts(traces, rollouts)
@@ -86,6 +89,7 @@ def build_report(run_dir: Path, compare: Path | None = None, rollouts: int = 40,
     weight_map = plots.weight_map_figure(traces, drifted)
     figures.append((f"Weights of step {drifted}, the most drifted traced step", weight_map))
     sections = [
+        _warnings(warnings),
         _section("Run totals", _table(["", name], totals_rows(summary))),
         _comparison(summary, other_summary) if other_summary else "",
         _section("Curves", f'<div class="figures">{"".join(_figure(t, uri) for t, uri in figures)}</div>', "curves"),
@@ -93,15 +97,25 @@ def build_report(run_dir: Path, compare: Path | None = None, rollouts: int = 40,
         _section("Config", f"<pre>{html.escape(traces.run.config_path.read_text())}</pre>", "config"),
     ]
     title = f"opdctl report: {name}" + (f" vs {other.path.name}" if other else "")
-    return PAGE.format(title=html.escape(title), css=CSS, script=SCRIPT, body="".join(sections))
+    return PAGE.format(title=html.escape(title), css=CSS, script=SCRIPT, body="".join(sections)), warnings
 
 
-def write_report(run_dir: Path, output: Path | None, compare: Path | None, rollouts: int, level: float) -> Path:
-    """Write the page (default RUN_DIR/report.html) and return its path."""
+def write_report(
+    run_dir: Path, output: Path | None, compare: Path | None, rollouts: int, level: float
+) -> tuple[Path, list[str]]:
+    """Write the page (default RUN_DIR/report.html); its path, and the warnings about what it left out."""
     path = output or Path(run_dir) / "report.html"
-    atomic_write(path, build_report(run_dir, compare, rollouts, level))
+    page, warnings = build_report(run_dir, compare, rollouts, level)
+    atomic_write(path, page)
     path.chmod(0o644)  # a page to share, not a private file
-    return path
+    return path, warnings
+
+
+def _warnings(warnings: list[str]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return _section("Left out", f'<ul class="warnings">{items}</ul>', "warnings")
 
 
 # pieces of the page ---------------------------------------------------------------

@@ -92,7 +92,7 @@ def _source(setting: str, config: HFConfig) -> str:
         raise BackendError(
             f"{setting}={config.model!r}: no Hugging Face model at {source} "
             "(expected a directory with config.json; give a local model directory, a .gguf file, a hub id, "
-            "pkg:PACKAGE/FILE, or demo:teacher / demo:student)"
+            "pkg:PACKAGE/FILE, demo:teacher / demo:student, or smollm2:teacher / smollm2:student)"
         )
     return str(Path(source).expanduser()) if looks_local else source
 
