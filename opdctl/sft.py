@@ -78,7 +78,7 @@ def _rows(source: str, settings: SFTSettings) -> Iterator[tuple[str, str]]:
     if source in (*BUILTIN_TASKS, DRILLS):
         problems = drills(settings.seed) if source == DRILLS else builtin_problems(source, settings.seed)
         for problem in problems:
-            yield problem.prompt if source != DRILLS else problem.story, problem.solution
+            yield problem.prompt, problem.solution
     rows = load_rows(source)
     if not rows:
         raise DataError(f"--data {source} has no rows: it needs one row per example")

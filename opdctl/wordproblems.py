@@ -117,13 +117,18 @@ def training_problems(seed: int, name: str = SHORT) -> Iterator[WordProblem]:
             yield problem
 
 
-def drills(seed: int, lines: int = 16) -> Iterator[WordProblem]:
-    """Arithmetic practice for ``opdctl sft``: each "solution" is ``lines`` computations of the kinds and sizes
+@dataclass(frozen=True)
+class Drill:
+    prompt: str
+    solution: str
+
+
+def drills(seed: int, lines: int = 16) -> Iterator[Drill]:
+    """Arithmetic practice for ``opdctl sft``: each solution is ``lines`` computations of the kinds and sizes
     the worked solutions write (subtractions most, which small models get wrong most), one per line."""
     rng = random.Random(f"{seed}-{DRILLS}")
     while True:
-        written = [_computation(rng) for _ in range(lines)]
-        yield WordProblem("Practise arithmetic.", "", "\n".join(written))
+        yield Drill("Practise arithmetic.", "\n".join(_computation(rng) for _ in range(lines)))
 
 
 def _computation(rng: random.Random) -> str:

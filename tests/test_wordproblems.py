@@ -10,7 +10,7 @@ from opdctl.config import DataConfig
 from opdctl.data import load_prompts
 from opdctl.evaluation.benchmarks import load_benchmarks
 from opdctl.evaluation.grading import extract_answer, grade_response
-from opdctl.wordproblems import KINDS, LONG, REWORDED, SHORT, SUFFIX, first_error, held_out, random_problem
+from opdctl.wordproblems import KINDS, LONG, REWORDED, SHORT, SUFFIX, drills, first_error, held_out, random_problem
 from opdctl.wordproblems import training_problems as problems
 
 # An independent reading of a story: the amount each sentence leaves, from its words alone.
@@ -169,3 +169,16 @@ def test_lenient_grading_counts_an_unboxed_right_answer():
     assert grade_response("8", response, lenient=True).correct
     assert not grade_response("8", response).correct
     assert not grade_response("9", response, lenient=True).correct
+
+
+def test_drills_compute_every_line_right_and_practise_subtraction_most():
+    lines = [line for drill in islice(drills(0), 50) for line in drill.solution.splitlines()]
+    assert len(lines) == 50 * 16
+    operations = []
+    for line in lines:
+        a, op, b, result = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
+        a, b, result = int(a), int(b), int(result)
+        assert result == {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] >= 0
+        assert op != "/" or a % b == 0
+        operations.append(op)
+    assert max(set(operations), key=operations.count) == "-"
