@@ -32,7 +32,7 @@ def install(monkeypatch, *entries: EntryPoint) -> None:
 
 
 def test_built_ins_are_registered_first_in_order():
-    assert list(DRIFT_METRICS.all())[:3] == ["overlap_ratio", "teacher_top_p", "weighted_overlap"]
+    assert list(DRIFT_METRICS.all())[:4] == ["overlap_ratio", "teacher_top_p", "teacher_prob", "weighted_overlap"]
     assert list(LOSS_ESTIMATORS.all())[:2] == ["topk", "sampled"]
 
 

@@ -51,13 +51,13 @@ def train(config_path, *args):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    config = tiny_config(tiny_models, root / "run")
-    train(write_config(root / "tiny.yaml", config))
-    return root / "run", config
+    config = tiny_config(tiny_models, root / "run", eval={"bench": ["synthetic"], "max_problems": 2})
+    result = train(write_config(root / "tiny.yaml", config))
+    return root / "run", config, result.output
 
 
 def test_run_directory_holds_config_metrics_traces_checkpoints(tiny_run):
-    run_dir, config = tiny_run
+    run_dir, config, _ = tiny_run
     written = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert written["prune"] == {**written["prune"], **config["prune"]}
     steps = [r for r in read_metrics(run_dir) if "eval" not in r]
@@ -69,20 +69,27 @@ def test_run_directory_holds_config_metrics_traces_checkpoints(tiny_run):
     ]
     assert [step for step, _ in RunDir(run_dir).checkpoints()] == [2, 4]
     checkpoint = run_dir / "checkpoints" / "step_000004"
-    assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "tokenizer.json"} <= {
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "tokenizer.json", "config.yaml"} <= {
         p.name for p in checkpoint.iterdir()
     }
     AutoModelForCausalLM.from_pretrained(checkpoint)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 4
+    assert summary["steps"] == 4 and summary["cpu_seconds"] == steps[-1]["cpu_seconds"] > 0
     assert summary["cpu_threads"] == threads.setting()  # what the run computed with, and why
     assert not (run_dir / "trackers.json").exists()  # it reports to no tracker
     assert not list(run_dir.rglob(".*partial*"))
 
 
+def test_a_finished_run_prints_what_to_run_next(tiny_run):
+    run_dir, _, output = tiny_run
+    text = " ".join(output.split())
+    assert f"look at the drift: opdctl inspect-drift {run_dir}" in text
+    assert f"evaluate it: opdctl eval --model {run_dir} --bench synthetic -n 1 --temperature 0" in text
+
+
 def test_budget_in_metrics_follows_the_controller(tiny_run):
     """max_len of each step is the previous step's next_max_len, inside [min_len, max_len]."""
-    run_dir, config = tiny_run
+    run_dir, config, _ = tiny_run
     steps = [r for r in read_metrics(run_dir) if "eval" not in r]
     assert steps[0]["max_len"] == config["budget"]["init_len"]
     for before, after in itertools.pairwise(steps):
@@ -92,7 +99,7 @@ def test_budget_in_metrics_follows_the_controller(tiny_run):
 
 def test_traced_weights_recompute_from_bad_events_and_config(tiny_run):
     """An independent recomputation of every traced token's weight from the trace and the config."""
-    run_dir, config = tiny_run
+    run_dir, config, _ = tiny_run
     prune = config["prune"]
     tokens = pq.read_table(run_dir / "traces" / "tokens").to_pandas()
     rollouts = pq.read_table(run_dir / "traces" / "rollouts").to_pandas()
@@ -242,7 +249,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_models, tmp_path
      ("student.model={teacher}", "student.model={teacher} cannot change on --resume")],
 )  # fmt: skip
 def test_resume_refuses_to_move_the_run_or_swap_its_student(tiny_run, tiny_models, tmp_path, override, named):
-    run_dir, _ = tiny_run
+    run_dir, _, _ = tiny_run
     before = (run_dir / "config.yaml").read_text()
     fill = {"tmp": tmp_path, "teacher": tiny_models["teacher"]}
     result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), override.format(**fill)])

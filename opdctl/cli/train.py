@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from opdctl.cli.common import ConfigOption, DebugOption, Overrides, quiet_libraries, run_command
 from opdctl.errors import OpdctlError
+
+if TYPE_CHECKING:
+    from opdctl.config import Config
 
 
 def train(
@@ -57,8 +60,21 @@ def train(
             summary = trainer.fit()
         if main:
             stdout.print(summary_table(summary))
+            console.print(next_commands(cfg, trainer.run.path), highlight=False, soft_wrap=True)
 
     run_command(debug, action)
+
+
+def next_commands(config: Config, run: Path) -> str:
+    """What to run next on a finished run, spelt as the user started opdctl (``.venv/bin/opdctl``, say)."""
+    program = sys.argv[0] if Path(sys.argv[0]).name == "opdctl" else "opdctl"
+    lines = [f"look at the drift:  {program} inspect-drift {run}", f"as a web page:      {program} report {run}"]
+    if config.eval.bench:
+        bench = ",".join(config.eval.bench)
+        limit = config.eval.max_new_tokens or config.rollout.max_new_tokens
+        lines.append(f"evaluate it:        {program} eval --model {run} --bench {bench} -n 1 --temperature 0 "
+                     f"--max-new-tokens {limit}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def show_config(

@@ -180,8 +180,10 @@ def sample(
 
 
 def cache_keyword(model: torch.nn.Module) -> str:
-    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (asked of the model under a LoRA
+    wrapper, whose own forward takes ``**kwargs``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _choose(

@@ -1,0 +1,39 @@
+"""The skilled SmolLM2 pair: adapters shipped for exactly the recipes in the code, merged once into the cache."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from opdctl import skilled
+from opdctl.sft import SFTSettings
+
+
+def test_every_recipe_ships_its_adapter():
+    """A changed recipe (or word-problem generator, RECIPE_VERSION) must be rebuilt: python -m opdctl.skilled."""
+    for name in skilled.RECIPES:
+        bundled = skilled.BUNDLED / skilled.digest(name)
+        assert (bundled / "adapter_config.json").is_file(), f"no adapter for recipe {name}: python -m opdctl.skilled"
+        assert json.loads((bundled / "recipe.json").read_text())["recipe"] == repr(skilled.RECIPES[name])
+        assert (bundled / "adapter_model.safetensors").stat().st_size < 12e6  # half precision, rank 16
+
+
+def test_a_recipe_change_changes_where_its_model_lives(monkeypatch):
+    before = skilled.digest("teacher")
+    changed = {**skilled.RECIPES, "teacher": replace(skilled.RECIPES["teacher"], steps=1)}
+    monkeypatch.setattr(skilled, "RECIPES", changed)
+    assert skilled.digest("teacher") != before
+
+
+def test_unknown_skilled_models_are_named():
+    from opdctl.errors import BackendError
+
+    with pytest.raises(BackendError, match="use smollm2:teacher or smollm2:student"):
+        skilled.resolve_skilled("smollm2:coach")
+
+
+def test_the_student_knows_less_of_the_skill_than_the_teacher():
+    teacher, student = skilled.RECIPES["teacher"], skilled.RECIPES["student"]
+    assert isinstance(student, SFTSettings) and student.steps * 10 <= teacher.steps
