@@ -26,7 +26,8 @@ from opdctl.groundtruth import Detection, first_error_tokens, judge
 from opdctl.progress import reporter
 from opdctl.registry import DRIFT_METRICS, backend_class
 
-PAPER_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9, "teacher_prob": 0.1}
+# the paper's thresholds; teacher_prob's is opdctl's own (docs/real-models.md)
+DEFAULT_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9, "teacher_prob": 0.1}
 KS = (1, 4, 8, 16)
 
 
@@ -69,10 +70,10 @@ class Texts:
     def grid(self, signal: Signal) -> torch.Tensor:
         """The signal's value at every position, ``[B, T]`` (for teacher_top_p: the nucleus mass before the sampled
         token, whose threshold is p, rather than the acceptance at one p)."""
-        if signal.metric not in PAPER_THRESHOLDS:
+        if signal.metric not in DEFAULT_THRESHOLDS:
             raise ConfigError(
                 f"opdctl calibrate does not know prune.metric={signal.metric!r}: it calibrates "
-                f"{', '.join(PAPER_THRESHOLDS)}"
+                f"{', '.join(DEFAULT_THRESHOLDS)}"
             )
         k, sampled = signal.k, self.rollouts.response_ids
         view = drift.DriftView.of(self.student.topk_ids, self.student.topk_logprobs, sampled, self.teacher, k)
@@ -104,7 +105,7 @@ class Calibration:
     def signals(self) -> list[Signal]:
         """Every signal measured: each metric at each k the run's scores hold."""
         width = self.teacher_text.student.topk_ids.shape[-1]
-        return [Signal(m, k) for m in PAPER_THRESHOLDS for k in KS if k <= width]
+        return [Signal(m, k) for m in DEFAULT_THRESHOLDS for k in KS if k <= width]
 
 
 def choose_threshold(signal: Signal, values: torch.Tensor, target: float) -> float:

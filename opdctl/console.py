@@ -168,17 +168,17 @@ def shrink_table(model: str, out: Path, report: ShrinkReport) -> Table:
 
 def calibration_tables(result: Calibration) -> list[Table]:
     """Every signal's bad-event rates on both texts, then the configured signal's histogram."""
-    from opdctl.calibrate import PAPER_THRESHOLDS, choose_threshold
+    from opdctl.calibrate import DEFAULT_THRESHOLDS, choose_threshold
 
     counts = [text.values(result.signal).numel() for text in (result.teacher_text, result.student_text)]
     title = f"bad-event rates on {counts[0]:,} tokens of teacher text and {counts[1]:,} of student rollouts"
     rates = Table(title=title, header_style="bold")
-    for header in ("signal", "paper threshold", "teacher text", "student text", f"threshold for {result.target:.0%}",
+    for header in ("signal", "default threshold", "teacher text", "student text", f"threshold for {result.target:.0%}",
                    "teacher text", "student text"):  # fmt: skip
         rates.add_column(header, justify="right" if header != "signal" else "left")
     for signal in result.signals():
         teacher, student = result.teacher_text.values(signal), result.student_text.values(signal)
-        paper = PAPER_THRESHOLDS[signal.metric]
+        paper = DEFAULT_THRESHOLDS[signal.metric]
         try:
             own = choose_threshold(signal, teacher, result.target)
             calibrated = [f"{own:.3g}", _pct(signal.bad_rate(teacher, own)), _pct(signal.bad_rate(student, own))]
@@ -194,18 +194,21 @@ def calibration_tables(result: Calibration) -> list[Table]:
 def _detection_table(result: Calibration) -> Table | None:
     """Each signal, at the paper's threshold and at its own calibrated one, as a detector of the student's first
     wrong number (only when the prompts came with worked solutions)."""
-    from opdctl.calibrate import PAPER_THRESHOLDS, choose_threshold
+    from opdctl.calibrate import DEFAULT_THRESHOLDS, choose_threshold
 
     if result.first_errors is None:
         return None
     with_error = sum(e is not None for e in result.first_errors)
+    tokens = int(result.student_text.rollouts.mask.sum())
+    late = result.detection(result.signal, result.threshold).tokens_after / max(tokens, 1)
     table = Table(title=f"drift signals against the first wrong number ({with_error} of {len(result.first_errors)} "
-                  "student rollouts have one)", header_style="bold")  # fmt: skip
+                  f"student rollouts have one; {_pct(late)} of their tokens come at or after it, the precision of a "
+                  "signal that fires at random)", header_style="bold")  # fmt: skip
     for header in ("signal", "threshold", "bad events before", "after", "precision", "recall", "rollouts found",
                    "median delay (tokens)"):  # fmt: skip
         table.add_column(header, justify="right" if header != "signal" else "left")
     for signal in result.signals():
-        thresholds = {f"{PAPER_THRESHOLDS[signal.metric]:g} (paper)": PAPER_THRESHOLDS[signal.metric]}
+        thresholds = {f"{DEFAULT_THRESHOLDS[signal.metric]:g} (default)": DEFAULT_THRESHOLDS[signal.metric]}
         try:
             own = choose_threshold(signal, result.teacher_text.values(signal), result.target)
             thresholds[f"{own:.3g}"] = own

@@ -259,7 +259,7 @@ def calibration_figure(result: Calibration, path: Path) -> None:
 def error_alignment_figure(result: Calibration, path: Path, span: int = 40) -> None:
     """Each metric's bad-event rate at top-16 (or the widest k measured), by token position relative to the first
     wrong number of the student's rollouts, at the threshold calibrated on teacher text (else the paper's)."""
-    from opdctl.calibrate import PAPER_THRESHOLDS, Signal, choose_threshold
+    from opdctl.calibrate import DEFAULT_THRESHOLDS, Signal, choose_threshold
     from opdctl.errors import OpdctlError
 
     figure_path(path)
@@ -267,12 +267,12 @@ def error_alignment_figure(result: Calibration, path: Path, span: int = 40) -> N
     width = max(signal.k for signal in result.signals())
     offsets = np.arange(-span, span + 1)
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for metric in PAPER_THRESHOLDS:
+    for metric in DEFAULT_THRESHOLDS:
         signal = Signal(metric, width)
         try:
             threshold = choose_threshold(signal, result.teacher_text.values(signal), result.target)
         except OpdctlError:
-            threshold = PAPER_THRESHOLDS[metric]
+            threshold = DEFAULT_THRESHOLDS[metric]
         bad, mask = signal.bad(text.grid(signal), threshold).numpy(), text.rollouts.mask.numpy()
         hits, seen = np.zeros(len(offsets)), np.zeros(len(offsets))
         for row, error in enumerate(errors):
