@@ -88,16 +88,21 @@ class RichReporter:
                 progress.remove_task(task_id)
 
 
+def _accuracy(accuracy: float | None, unanswered: float | None) -> str:
+    return _pct(accuracy) + (f" ({_pct(unanswered)} unanswered)" if unanswered is not None else "")
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
     """The end-of-run table: accuracy before/after (and the teacher's), held-out reverse KL, tokens, lengths, time."""
     table = Table(title=f"opdctl run {summary['run_dir']}", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", justify="right")
     for bench, acc in summary["eval"].items():
-        table.add_row(f"student accuracy on {bench}, before", _pct(acc["before"]))
-        table.add_row(f"student accuracy on {bench}, after", _pct(acc["after"]))
+        unanswered = summary.get("eval_unanswered", {}).get(bench, {})
+        table.add_row(f"student accuracy on {bench}, before", _accuracy(acc["before"], unanswered.get("before")))
+        table.add_row(f"student accuracy on {bench}, after", _accuracy(acc["after"], unanswered.get("after")))
         if acc.get("teacher") is not None:
-            table.add_row(f"teacher accuracy on {bench}", _pct(acc["teacher"]))
+            table.add_row(f"teacher accuracy on {bench}", _accuracy(acc["teacher"], unanswered.get("teacher")))
     for bench, kl in summary.get("eval_reverse_kl", {}).items():
         before, after = (_num(kl[when], ".3f") for when in ("before", "after"))
         table.add_row(f"student reverse KL to the teacher on {bench}", f"{before} -> {after}")

@@ -127,8 +127,9 @@ def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, seconds: float) -> dict[str, Any]:
-    """Totals over a run's step records, and each benchmark's latest accuracy before, after and for the teacher
-    (and the student's held-out reverse KL before and after, where measured)."""
+    """Totals over a run's step records, and each benchmark's latest accuracy and share of responses with no
+    answer before, after and for the teacher (and the student's held-out reverse KL before and after, where
+    measured)."""
     done = [r for r in records if "eval" not in r]
     evals = [r for r in records if "eval" in r]
     finish = finish_totals(done)
@@ -145,6 +146,10 @@ def summarize_run(records: list[dict[str, Any]], run_dir: str, steps: int, secon
         "rollouts": sum(finish.values()),
         "eval": {
             e["eval"]: {when: _latest(evals, e["eval"], when) for when in ("before", "after", "teacher")} for e in evals
+        },
+        "eval_unanswered": {
+            e["eval"]: {when: _latest(evals, e["eval"], when, "no_answer") for when in ("before", "after", "teacher")}
+            for e in evals
         },
         "eval_reverse_kl": {
             e["eval"]: {when: _latest(evals, e["eval"], when, "reverse_kl") for when in ("before", "after")}

@@ -407,6 +407,9 @@ def test_in_training_held_out_reverse_kl_is_logged_and_summarised(tiny_models, t
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["eval_reverse_kl"]["held"] == {"before": before["reverse_kl"], "after": after["reverse_kl"]}
     assert "student reverse KL to the teacher on held" in result.output
+    assert summary["eval_unanswered"]["held"] == {"before": before["no_answer"], "after": after["no_answer"],
+                                                  "teacher": None}  # fmt: skip
+    assert f"{before['no_answer']:.1%} unanswered" in result.output
 
 
 @pytest.mark.slow
