@@ -13,7 +13,7 @@ OPD's final accuracy (same seed), as a share of plain OPD's whole run; total tra
 tokens generated, scored and trained.
 
     python benchmarks/real_model.py --seeds 0 1 2 --steps 40 --eval-every 10 --problems 50 \\
-        --metric teacher_top_p --k 16 --threshold 0.9 --out results.json
+        --metric teacher_prob --k 16 --threshold 0.1 --out results.json
 """
 
 from __future__ import annotations
@@ -36,7 +36,17 @@ from opdctl.progress import LogReporter, reporting_to
 from opdctl.start import start_run
 from opdctl.wordproblems import LONG
 
-COMMON = [f"data.source={LONG}", f"eval.bench=[{LONG}]", "eval.teacher=false", "eval.reverse_kl=false"]
+COMMON = [
+    f"data.source={LONG}",
+    f"eval.bench=[{LONG}]",
+    "eval.teacher=false",
+    "eval.reverse_kl=false",
+    "rollout.max_new_tokens=384",
+    "budget.init_len=384",
+    "budget.max_len=384",
+    "budget.min_len=256",
+    "eval.max_new_tokens=400",
+]  # fmt: skip  (worked solutions of long problems: 130-300 tokens)
 
 
 def arms(metric: str, k: int, threshold: float) -> dict[str, list[str]]:
@@ -134,9 +144,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--problems", type=int, default=50, help="Held-out long word problems per evaluation.")
-    parser.add_argument("--metric", default="teacher_top_p", help="The chosen arms' prune.metric.")
+    parser.add_argument("--metric", default="teacher_prob", help="The chosen arms' prune.metric.")
     parser.add_argument("--k", type=int, default=16, help="The chosen arms' prune.k.")
-    parser.add_argument("--threshold", type=float, default=0.9, help="The chosen arms' prune.threshold.")
+    parser.add_argument("--threshold", type=float, default=0.1, help="The chosen arms' prune.threshold.")
     parser.add_argument("--only", nargs="*", help="Run only these arms (by name).")
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark-real-model"))
     parser.add_argument("--set", nargs="*", default=[], help="Extra overrides for every run.")

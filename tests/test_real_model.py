@@ -176,3 +176,69 @@ def test_two_training_steps_with_each_drift_metric(real_teacher, real_student, t
     assert all(torch.isfinite(torch.tensor([r["loss"], r["reverse_kl"], r["overlap"]])).all() for r in steps)
     checkpoint = tmp_path / "run" / "checkpoints" / "step_000002"
     assert AutoModelForCausalLM.from_pretrained(checkpoint).config.num_hidden_layers == 26
+
+
+@pytest.fixture(scope="session")
+def skilled_pair(real_teacher: Path) -> tuple[Path, Path]:
+    """smollm2:teacher and smollm2:student: the bundled adapters merged into the converted base model."""
+    return Path(resolve_model("smollm2:teacher")), Path(resolve_model("smollm2:student"))
+
+
+def test_the_skilled_teacher_solves_held_out_problems_its_student_does_not(skilled_pair, tmp_path):
+    correct = {}
+    for role, model in zip(("teacher", "student"), skilled_pair, strict=True):
+        out = tmp_path / role
+        result = CliRunner().invoke(app, ["eval", "--bench", "wordproblems", "--model", str(model), "-n", "1",
+                                          "--temperature", "0", "--max-new-tokens", "160", "--max-problems", "12",
+                                          "--output", str(out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+        correct[role] = sum(row["correct"] for row in rows)
+    assert correct["teacher"] >= 9  # 92% on 100 held-out problems
+    assert correct["teacher"] - correct["student"] >= 5  # the student: about 15%
+
+
+def test_two_steps_of_the_skilled_pair_stop_drifted_rollouts(skilled_pair, tmp_path):
+    teacher, student = skilled_pair
+    config = real_config(teacher, student, tmp_path, metric="teacher_prob", threshold=0.1, w_drop=0.25)
+    config["student"]["lora"] = {"r": 8}
+    config["rollout"] = {"n": 4, "max_new_tokens": 96, "truncate_on_drift": True, "chunk_tokens": 16}
+    config["optim"]["lr"] = 1e-3
+    result = CliRunner().invoke(app, ["train", "-c", str(write_config(tmp_path / "run.yaml", config))])
+    assert result.exit_code == 0, result.output
+    steps = [r for r in read_metrics(tmp_path / "run") if "eval" not in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert sum(r["finish_drift"] for r in steps) > 0 and sum(r["tokens_not_generated"] for r in steps) > 0
+
+
+def test_calibrate_on_the_skilled_pair_is_stable_and_its_signal_finds_first_errors(skilled_pair, tmp_path):
+    teacher, student = skilled_pair
+    thresholds = []
+    for seed in (0, 1):
+        config = validate({**real_config(teacher, student, tmp_path, metric="teacher_prob", k=16), "seed": seed})
+        result = calibrate(config, target=0.03, samples=12, max_new_tokens=96)
+        thresholds.append(result.threshold)
+        found = result.detection(result.signal, 0.1)
+        tokens = int(result.student_text.rollouts.mask.sum())
+        assert found.with_error >= 6  # the student gets most of them wrong
+        assert found.precision > found.tokens_after / tokens  # better than firing at random
+    assert abs(thresholds[0] - thresholds[1]) <= 0.02
+
+
+def test_sft_teaches_the_real_model_the_form_of_a_worked_solution(real_teacher, tmp_path):
+    """Ten LoRA steps: the answer loss falls by half and the model, which mostly rambles past the token limit,
+    now ends every response (the arithmetic takes hundreds of steps: docs/real-models.md)."""
+    from opdctl.sft import SFTSettings, sft
+
+    settings = SFTSettings(data=("wordproblems", "wordproblems-long"), steps=10, lr=1e-3, warmup_steps=2)
+    report = sft(str(real_teacher), tmp_path / "sft", settings)
+    assert report.losses[-1][1] < 0.5 * report.losses[0][1]
+    truncated = {}
+    for name, model in (("base", real_teacher), ("sft", tmp_path / "sft")):
+        out = tmp_path / f"eval-{name}"
+        result = CliRunner().invoke(app, ["eval", "--bench", "wordproblems", "--model", str(model), "-n", "1",
+                                          "--temperature", "0", "--max-new-tokens", "160", "--max-problems", "8",
+                                          "--output", str(out)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        truncated[name] = json.loads((out / "summary.json").read_text())["overall"]["truncated"]
+    assert truncated["base"] >= 0.25 and truncated["sft"] == 0  # measured: 62.5% and 0% of 8
