@@ -327,7 +327,7 @@ class Trainer:
         if note:
             reporter().message(note)
         summary = summarize_run(scan.records, str(self.run.path), self.state.step, self.state.elapsed)
-        summary["cpu_seconds"] = round(self.state.cpu, 1)
+        summary["cpu_seconds"] = round(self.state.cpu, 3)  # as in metrics.jsonl
         summary["cpu_threads"] = threads.setting()
         self.run.write_summary(summary)
         return summary
