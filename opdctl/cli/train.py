@@ -67,13 +67,14 @@ def train(
 
 def next_commands(config: Config, run: Path) -> str:
     """What to run next on a finished run, spelt as the user started opdctl (``.venv/bin/opdctl``, say)."""
+    from opdctl.evaluation.in_training import token_limit
+
     program = sys.argv[0] if Path(sys.argv[0]).name == "opdctl" else "opdctl"
     lines = [f"look at the drift:  {program} inspect-drift {run}", f"as a web page:      {program} report {run}"]
     if config.eval.bench:
         bench = ",".join(config.eval.bench)
-        limit = config.eval.max_new_tokens or config.rollout.max_new_tokens
         lines.append(f"evaluate it:        {program} eval --model {run} --bench {bench} -n 1 --temperature 0 "
-                     f"--max-new-tokens {limit}")  # fmt: skip
+                     f"--max-new-tokens {token_limit(config)}")  # fmt: skip
     return "\n".join(lines)
 
 

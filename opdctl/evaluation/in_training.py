@@ -18,6 +18,11 @@ from opdctl.progress import reporter
 from opdctl.rundir import RunDir
 
 
+def token_limit(config: Config) -> int:
+    """The response limit of evaluations during training: eval.max_new_tokens, else rollout.max_new_tokens."""
+    return config.eval.max_new_tokens or config.rollout.max_new_tokens
+
+
 def evaluate_in_training(
     config: Config, run: RunDir, student: Student, teacher: Teacher, benchmarks: list[Benchmark], step: int, when: str
 ) -> None:
@@ -29,7 +34,7 @@ def evaluate_in_training(
     models: list[tuple[str, Any]] = [(when, student)]
     if cfg.teacher and when == "before" and isinstance(teacher, Generator):
         models.append(("teacher", teacher))
-    limit = cfg.max_new_tokens or config.rollout.max_new_tokens
+    limit = token_limit(config)
     settings = Settings(cfg.n, cfg.temperature, cfg.top_p, limit, config.seed, config.data.chat_template)
     done = {(r["eval"], r["when"]) for r in run.read_metrics() if "eval" in r and r.get("step") == step}
     with Grader(workers=min(4, os.cpu_count() or 1)) as grader:
