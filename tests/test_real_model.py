@@ -178,6 +178,15 @@ def test_two_training_steps_with_each_drift_metric(real_teacher, real_student, t
     assert AutoModelForCausalLM.from_pretrained(checkpoint).config.num_hidden_layers == 26
 
 
+def greedy_word_problems(model: Path, out: Path, problems: int) -> dict:
+    """``opdctl eval`` of ``model`` on the first held-out word problems, greedy, 160 tokens: its overall scores."""
+    result = CliRunner().invoke(app, ["eval", "--bench", "wordproblems", "--model", str(model), "-n", "1",
+                                      "--temperature", "0", "--max-new-tokens", "160", "--max-problems",
+                                      str(problems), "--output", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "summary.json").read_text())["overall"]
+
+
 @pytest.fixture(scope="session")
 def skilled_pair(real_teacher: Path) -> tuple[Path, Path]:
     """smollm2:teacher and smollm2:student: the bundled adapters merged into the converted base model."""
@@ -187,13 +196,7 @@ def skilled_pair(real_teacher: Path) -> tuple[Path, Path]:
 def test_the_skilled_teacher_solves_held_out_problems_its_student_does_not(skilled_pair, tmp_path):
     correct = {}
     for role, model in zip(("teacher", "student"), skilled_pair, strict=True):
-        out = tmp_path / role
-        result = CliRunner().invoke(app, ["eval", "--bench", "wordproblems", "--model", str(model), "-n", "1",
-                                          "--temperature", "0", "--max-new-tokens", "160", "--max-problems", "12",
-                                          "--output", str(out)])  # fmt: skip
-        assert result.exit_code == 0, result.output
-        rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
-        correct[role] = sum(row["correct"] for row in rows)
+        correct[role] = round(12 * greedy_word_problems(model, tmp_path / role, problems=12)["accuracy"])
     assert correct["teacher"] >= 9  # 92% on 100 held-out problems
     assert correct["teacher"] - correct["student"] >= 5  # the student: about 15%
 
@@ -235,10 +238,5 @@ def test_sft_teaches_the_real_model_the_form_of_a_worked_solution(real_teacher, 
     assert report.losses[-1][1] < 0.5 * report.losses[0][1]
     truncated = {}
     for name, model in (("base", real_teacher), ("sft", tmp_path / "sft")):
-        out = tmp_path / f"eval-{name}"
-        result = CliRunner().invoke(app, ["eval", "--bench", "wordproblems", "--model", str(model), "-n", "1",
-                                          "--temperature", "0", "--max-new-tokens", "160", "--max-problems", "8",
-                                          "--output", str(out)])  # fmt: skip
-        assert result.exit_code == 0, result.output
-        truncated[name] = json.loads((out / "summary.json").read_text())["overall"]["truncated"]
+        truncated[name] = greedy_word_problems(model, tmp_path / f"eval-{name}", problems=8)["truncated"]
     assert truncated["base"] >= 0.25 and truncated["sft"] == 0  # measured: 62.5% and 0% of 8
