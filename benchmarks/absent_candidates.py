@@ -18,11 +18,11 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 # isort: split
 import torch
 
-from opdctl.backends import Sampling
-from opdctl.configfile import validate
-from opdctl.data import chat_prompt
-from opdctl.demo.task import held_out
-from opdctl.losses import opd_loss
+from opdctl.algorithm.losses import opd_loss
+from opdctl.backends.types import Sampling
+from opdctl.config.files import validate
+from opdctl.data.demo_task import held_out
+from opdctl.data.prompts import chat_prompt
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_vllm import VLLMTeacher
 

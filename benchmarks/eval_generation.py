@@ -23,10 +23,10 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 # isort: split
 import torch
 
-from opdctl.backends import Sampling
-from opdctl.data import chat_prompt
-from opdctl.demo.task import held_out
-from opdctl.evaluation.grading import Grader
+from opdctl.backends.types import Sampling
+from opdctl.data.demo_task import held_out
+from opdctl.data.grading import Grader
+from opdctl.data.prompts import chat_prompt
 from opdctl_hf import HFTeacher
 from opdctl_vllm import VLLMTeacher
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from opdctl.configfile import validate
-from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.start import start_run
+from opdctl.config.files import validate
+from opdctl.models.demo_tokenizer import build_tokenizer
+from opdctl.training.start import start_run
 
 SHAPES = {
     "student (Qwen2.5-0.5B shape)": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

@@ -5,7 +5,7 @@
 Each lookup runs in a fresh process (imports are timed apart): a tokenizer and a model
 config through transformers, and a dataset through datasets, all for ids that do not
 exist. "library default" is huggingface_hub's own behaviour (five retries with backoff
-per request); "opdctl" installs ``opdctl.hub.fail_fast_offline`` first, as every opdctl
+per request); "opdctl" installs ``opdctl.models.hub.fail_fast_offline`` first, as every opdctl
 command does. Run it on a machine without hub access.
 """
 
@@ -37,7 +37,7 @@ IMPORTS = "import datasets\nfrom transformers import AutoConfig, AutoTokenizer" 
 
 
 def seconds(lookup: str, fast: bool) -> tuple[float, str]:
-    setup = "from opdctl.hub import fail_fast_offline; fail_fast_offline()" if fast else ""
+    setup = "from opdctl.models.hub import fail_fast_offline; fail_fast_offline()" if fast else ""
     code = TIMED.format(setup=setup, imports=IMPORTS, lookup=lookup)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return float(out[0]), out[1]

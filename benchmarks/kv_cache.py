@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import opdctl_hf.sampling
-from opdctl.backends import Sampling
+from opdctl.backends.types import Sampling
 from opdctl_hf.cache import decoding_cache
 
 CACHES = {"DynamicCache": lambda config: DynamicCache(config=config), "opdctl (grows in place)": decoding_cache}

@@ -49,9 +49,9 @@ from pathlib import Path
 
 from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION
 
-from opdctl.config import Config  # first: opdctl sets thread defaults before torch loads
-from opdctl.configfile import load_config
-from opdctl.sources import resolve_model
+from opdctl.config.files import load_config
+from opdctl.config.schema import Config  # first: opdctl sets thread defaults before torch loads
+from opdctl.models.sources import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 UPDATES_PER_GENERATION = load_config().optim.updates_per_step  # the demo's, for the several-updates arms
@@ -114,7 +114,7 @@ def opdctl_child(job_path: str) -> None:
     import torch
 
     from opdctl.progress import LogReporter, reporting_to
-    from opdctl.start import start_run
+    from opdctl.training.start import start_run
 
     job = json.loads(Path(job_path).read_text())
     config = load_config(Path(job["config"]) if job["config"] else None, job["overrides"])
@@ -140,7 +140,7 @@ def opdctl_child(job_path: str) -> None:
 
 def step_prompts(config: Config) -> tuple[list[str], list[list[int]]]:
     """Every step's prompts in opdctl's order (texts and token ids), as the trainer draws them."""
-    from opdctl.data import PromptSampler, load_prompts
+    from opdctl.data.prompts import PromptSampler, load_prompts
     from opdctl_hf import HFStudent
 
     tokenizer = HFStudent.load_tokenizer(config.student)

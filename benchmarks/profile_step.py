@@ -25,9 +25,9 @@ from pathlib import Path
 from methods import PLAIN_OPD, PRUNE_OPD_TRUNCATION
 
 import opdctl  # noqa: F401  (first: thread defaults before torch loads)
-from opdctl.configfile import load_config
+from opdctl.config.files import load_config
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.start import start_run
+from opdctl.training.start import start_run
 
 METHODS = {"plain OPD": PLAIN_OPD, "Prune-OPD + truncation": PRUNE_OPD_TRUNCATION}
 # part of the step -> (file suffix, function name) whose cumulative time it is
@@ -38,15 +38,15 @@ PARTS = {
     "  sampling (Gumbel-max)": ("opdctl_hf/sampling.py", "_choose"),
     "  drift monitor: teacher scoring of chunks": ("opdctl_hf/streaming.py", "extend"),
     "teacher scoring (one pass)": ("opdctl_hf/teacher.py", "score"),
-    "drift metric and weights": ("opdctl/drift.py", "measure_drift"),
-    "update (forward, backward, optimizer)": ("opdctl/trainer.py", "update"),
+    "drift metric and weights": ("opdctl/algorithm/drift.py", "measure_drift"),
+    "update (forward, backward, optimizer)": ("opdctl/training/trainer.py", "update"),
     "  student forward with gradient": ("opdctl_hf/student.py", "logprobs"),
     "  backward": ("torch/_tensor.py", "backward"),
     "  gradient clipping": ("torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
     "  optimizer step": ("torch/optim/optimizer.py", "wrapper"),
-    "metrics": ("opdctl/rundir.py", "append_metrics"),
-    "traces (tables and parquet)": ("opdctl/traces.py", "trace_tables"),
-    "  parquet writing": ("opdctl/rundir.py", "write_traces"),
+    "metrics": ("opdctl/runs/rundir.py", "append_metrics"),
+    "traces (tables and parquet)": ("opdctl/training/traces.py", "trace_tables"),
+    "  parquet writing": ("opdctl/runs/rundir.py", "write_traces"),
 }
 
 

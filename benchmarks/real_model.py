@@ -31,10 +31,10 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 import torch
 from methods import PLAIN_OPD
 
-from opdctl.configfile import load_config
+from opdctl.config.files import load_config
+from opdctl.data.wordproblems import LONG
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.start import start_run
-from opdctl.wordproblems import LONG
+from opdctl.training.start import start_run
 
 COMMON = [
     f"data.source={LONG}",

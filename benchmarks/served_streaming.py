@@ -31,12 +31,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import opdctl  # noqa: F401  (first: thread defaults before torch loads)
-from opdctl.backends import Sampling
-from opdctl.config import Config
-from opdctl.configfile import load_config
-from opdctl.generation import generate_and_score
+from opdctl.backends.types import Sampling
+from opdctl.config.files import load_config
+from opdctl.config.schema import Config
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.start import start_run
+from opdctl.training.generation import generate_and_score
+from opdctl.training.start import start_run
 
 ARMS = {
     "no truncation (score after)": ["rollout.truncate_on_drift=false"],

@@ -25,9 +25,9 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 import openai
 import torch
 
-from opdctl.backends import Sampling, TeacherScores
-from opdctl.data import chat_prompt
-from opdctl.demo.task import held_out
+from opdctl.backends.types import Sampling, TeacherScores
+from opdctl.data.demo_task import held_out
+from opdctl.data.prompts import chat_prompt
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_vllm import VLLMTeacher
 

@@ -39,7 +39,7 @@ def workload(hidden: int, layers: int, rows: int, tokens: int) -> dict[str, floa
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from opdctl.backends import Sampling
+    from opdctl.backends.types import Sampling
     from opdctl_hf.sampling import sample
 
     torch.manual_seed(0)

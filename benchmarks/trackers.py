@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from opdctl.rundir import RunDir
-from opdctl.trackers import Trackers
+from opdctl.runs.rundir import RunDir
+from opdctl.runs.trackers import Trackers
 
 
 def measure(name: str, source: RunDir, scratch: Path) -> dict[str, float]:

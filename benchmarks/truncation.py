@@ -27,9 +27,9 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 import torch
 from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION
 
-from opdctl.configfile import load_config
+from opdctl.config.files import load_config
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.start import start_run
+from opdctl.training.start import start_run
 
 METHODS = {"plain OPD": PLAIN_OPD, "Prune-OPD (paper)": PRUNE_OPD, "Prune-OPD + truncation": PRUNE_OPD_TRUNCATION}
 

@@ -5,7 +5,7 @@ each check of a running rollout costs its whole prefix (prompt + response so far
 positions, as with a vLLM teacher (docs/benchmarks.md, "Truncation with a served teacher").
 For each ratio of a teacher position's cost to a student token's, it prints the cost of one
 step (in student-token units) for: no truncation (score once), exact chunks, and predicted
-chunks (the monitor's own schedule, ``opdctl.monitor.next_chunk``). The defaults are the
+chunks (the monitor's own schedule, ``opdctl.training.monitor.next_chunk``). The defaults are the
 measured real-pair setting.
 
     python benchmarks/truncation_costs.py --ratios 0.32 0.05 0.03 0.01
@@ -22,7 +22,7 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 # isort: split
 import torch
 
-from opdctl.monitor import next_chunk
+from opdctl.training.monitor import next_chunk
 
 
 def rollouts(rng: random.Random, args: argparse.Namespace) -> list[tuple[list[bool], int]]:

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from opdctl.demo.tokenizer import build_tokenizer  # noqa: E402
+from opdctl.models.demo_tokenizer import build_tokenizer  # noqa: E402
 
 # what a step cost, not what it computed: differs between runs that train identically
 COSTS = {
@@ -40,7 +40,7 @@ COSTS = {
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's consoles wide enough that no message folds inside a temporary path (xdist's are longer)."""
-    from opdctl import console
+    from opdctl.cli import console
 
     for terminal in (console.console, console.stdout):
         monkeypatch.setattr(terminal, "width", 400)
@@ -144,7 +144,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def train_tiny_model(path: Path, steps: int = 60) -> Path:
     """A small Llama (hidden 128, head dim 32, which vLLM's CPU backend supports) trained briefly on the
     demo task, so its distributions are peaked but numerically well-behaved."""
-    from opdctl.demo.models import Recipe, clean_example, new_model, train
+    from opdctl.models.demo import Recipe, clean_example, new_model, train
 
     tokenizer = build_tokenizer()
     recipe = Recipe(hidden=128, layers=2, heads=4, max_positions=1024, batch=16, warmup=10)

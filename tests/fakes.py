@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from opdctl.backends import FinishedCallback, GeneratedChunk, GenerationMonitor, Rollouts, Sampling, TeacherScores
+from opdctl.backends.protocols import GenerationMonitor
+from opdctl.backends.types import FinishedCallback, GeneratedChunk, Rollouts, Sampling, TeacherScores
 
 VOCAB = 16
 LENGTHS = {0: 5, 1: 9, 2: 12, 3: 3}

@@ -1,4 +1,4 @@
-"""The package's import graph has no cycles (type-only and function-level imports count too)."""
+"""The package's import graph follows its layers and has no cycles (type-only and function-level imports count)."""
 
 from __future__ import annotations
 
@@ -79,11 +79,61 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# Lowest first: a module imports only from its own layer and the layers below it (README, "The code").
+LAYERS = (
+    ("opdctl", "opdctl.errors", "opdctl.progress", "opdctl.threads", "opdctl.distributed", "opdctl.plugins"),
+    ("opdctl.config",),
+    ("opdctl.data",),
+    ("opdctl.models",),
+    ("opdctl.backends",),
+    ("opdctl.algorithm",),
+    ("opdctl.runs",),
+    ("opdctl_hf", "opdctl_vllm"),  # the backend plugins: opdctl's core never imports them
+    ("opdctl.evaluation",),
+    ("opdctl.training",),
+    ("opdctl.tools",),
+    ("opdctl.analysis",),
+    ("opdctl.cli", "opdctl.__main__"),
+)
+
+
+def layer(module: str) -> int:
+    """The index in LAYERS of the longest prefix of ``module`` listed there."""
+    matches = [
+        (len(prefix), index)
+        for index, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or (module.startswith(prefix + ".") and prefix != "opdctl")
+    ]
+    assert matches, f"{module} is in no layer: add its folder to LAYERS"
+    return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} (layer {layer(name)}) imports {target} (layer {layer(target)})"
+        for name, targets in graph.items()
+        for target in targets
+        if layer(target) > layer(name)
+    )
+
+
+def test_every_module_imports_only_its_own_layer_and_those_below():
+    known = modules()
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    assert upward_imports(graph) == []
+
+
+def test_an_upward_import_is_found():
+    graph = {"opdctl.algorithm.drift": {"opdctl.training.trainer"}, "opdctl.training.trainer": {"opdctl.errors"}}
+    assert upward_imports(graph) == ["opdctl.algorithm.drift (layer 5) imports opdctl.training.trainer (layer 9)"]
+
+
 def test_no_import_cycles():
     known = modules()
     graph = {name: imports(name, path, known) for name, path in known.items()}
-    assert {"opdctl.trainer", "opdctl.config", "opdctl_hf.student"} <= set(graph)
-    assert "opdctl.registry" in graph["opdctl.config"]
+    assert {"opdctl.training.trainer", "opdctl.config.schema", "opdctl_hf.student"} <= set(graph)
+    assert "opdctl.plugins" in graph["opdctl.config.schema"]
     assert cycles(graph) == []
 
 

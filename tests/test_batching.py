@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from opdctl.batching import length_groups, split_to
+from opdctl.algorithm.batching import length_groups, split_to
 
 
 def test_a_few_long_rows_get_their_own_micro_batch():

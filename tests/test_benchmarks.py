@@ -44,9 +44,9 @@ def _peers():
 
 
 def test_peer_arms_with_several_updates_per_generation_train_each_update_on_the_same_prompts():
-    from opdctl.batching import mini_batches
-    from opdctl.configfile import load_config
-    from opdctl.data import PromptSampler
+    from opdctl.algorithm.batching import mini_batches
+    from opdctl.config.files import load_config
+    from opdctl.data.prompts import PromptSampler
 
     peers, n, updates = _peers(), 4, 6
 

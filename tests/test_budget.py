@@ -2,7 +2,7 @@
 
 import pytest
 
-from opdctl.budget import BudgetLimits, BudgetState, update_budget
+from opdctl.algorithm.budget import BudgetLimits, BudgetState, update_budget
 
 PAPER = BudgetLimits(min_len=1024, max_len=12288, step=100, hit_ratio=0.1, margin=100, shrink_patience=3)
 

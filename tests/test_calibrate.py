@@ -5,10 +5,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from opdctl import drift
-from opdctl.calibrate import Signal, choose_threshold
+from opdctl.algorithm import drift
 from opdctl.cli import app
 from opdctl.errors import ConfigError
+from opdctl.tools.calibrate import Signal, choose_threshold
 
 
 def test_overlap_threshold_is_the_largest_whose_rate_stays_under_the_target():

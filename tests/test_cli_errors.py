@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from opdctl.checkpoint import write_manifest
-from opdctl.demo.tokenizer import build_tokenizer
+from opdctl.models.demo_tokenizer import build_tokenizer
+from opdctl.runs.checkpoint import write_manifest
 
 from .conftest import assert_one_line_error, read_metrics, run_cli, save_tiny_model, tiny_config, write_config
 
@@ -51,7 +51,7 @@ def test_shrink_reads_prompts_from_the_column_it_is_given(tmp_path):
 
 def test_unknown_backend(tiny_models, tmp_path):
     result = _bad_run(tiny_models, tmp_path, teacher={"backend": "tgi"})
-    assert_one_line_error(result, "unknown teacher backend 'tgi'", "installed teacher backends are hf")
+    assert_one_line_error(result, "unknown teacher backend 'tgi': set teacher.backend to 'hf'", "opdctl.teachers")
 
 
 def test_tokenizer_mismatch(tiny_models, tmp_path):
@@ -91,6 +91,13 @@ def test_prompt_plus_response_beyond_the_context(tiny_models, tmp_path):
 def test_bad_config_value(tmp_path):
     result = run_cli("train", "prune.threshold=2")
     assert_one_line_error(result, "prune.threshold=2", "less than or equal to 1")
+
+
+def test_an_unknown_benchmark_stops_config_and_train_before_anything_loads(tmp_path):
+    for command in ("config", "train"):
+        result = run_cli(command, "eval.bench=[aime, bogus]", f"output.dir={tmp_path / 'run'}")
+        assert_one_line_error(result, "eval.bench: unknown benchmark 'bogus': use one of aime24,")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file(tmp_path):

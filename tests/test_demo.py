@@ -7,11 +7,11 @@ from itertools import islice
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from opdctl.demo.models import Recipe, demo_dir, ensure_models
-from opdctl.demo.task import CHECK_WORD, Problem, held_out, training_problems
-from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.evaluation.grading import last_boxed
-from opdctl.sources import resolve_model
+from opdctl.data.demo_task import CHECK_WORD, Problem, held_out, training_problems
+from opdctl.data.grading import last_boxed
+from opdctl.models.demo import Recipe, demo_dir, ensure_models
+from opdctl.models.demo_tokenizer import build_tokenizer
+from opdctl.models.sources import resolve_model
 
 
 def test_solution_writes_every_partial_sum_and_boxes_the_answer():
@@ -77,7 +77,7 @@ def test_models_are_built_once_and_cached(tmp_path, monkeypatch):
 
 
 def test_default_models_are_installed_from_the_shipped_build_without_training(tmp_path, monkeypatch):
-    from opdctl.demo import models
+    from opdctl.models import demo as models
 
     monkeypatch.setenv("OPDCTL_CACHE", str(tmp_path))
     monkeypatch.setattr(models, "_build", lambda recipe, target: pytest.fail("built instead of installed"))
@@ -97,7 +97,7 @@ def test_model_references_pass_through_unless_demo():
 def test_length_grouped_micro_batches_give_the_whole_batch_gradient():
     import torch
 
-    from opdctl.demo.models import _backward, _batch, new_model
+    from opdctl.models.demo import _backward, _batch, new_model
 
     tokenizer = build_tokenizer()
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from opdctl.configfile import validate
+from opdctl.config.files import validate
 from opdctl.distributed import World
 from opdctl.errors import ConfigError
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from opdctl import drift
-from opdctl.configfile import validate
+from opdctl.algorithm import drift
+from opdctl.config.files import validate
 from opdctl.errors import BackendError
-from opdctl.registry import DRIFT_METRICS
+from opdctl.plugins import DRIFT_METRICS
 
 
 def test_overlap_ratio_counts_shared_ids():

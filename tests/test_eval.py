@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from opdctl.demo.task import held_out
+from opdctl.data.benchmarks import MATH_TEMPLATE, Fields, load_benchmarks
+from opdctl.data.demo_task import held_out
+from opdctl.data.grading import Grader, grade_response, last_boxed
 from opdctl.errors import DataError
 from opdctl.evaluation import session
-from opdctl.evaluation.benchmarks import MATH_TEMPLATE, Fields, load_benchmarks
-from opdctl.evaluation.grading import Grader, grade_response, last_boxed
 from opdctl.evaluation.metrics import majority_correct, pass_at_k, score
 
 from .conftest import read_metrics, run_cli, tiny_config, write_config
@@ -435,7 +435,7 @@ def test_held_out_reverse_kl_of_a_model_to_itself_is_zero(tiny_models, tmp_path)
         (["--data", "{bad}", "--bench", "aime24"], ["no answer column", "answer, Answer", "--answer-field"]),
         (["--bench", "synthetic", "-n", "2", "--pass-k", "4"], ["--pass-k 4 is larger than -n 2"]),
         (["--bench", "synthetic", "--pass-k", "x"], ["--pass-k takes whole numbers"]),
-        (["--bench", "synthetic", "--backend", "tgi"], ["unknown teacher backend 'tgi'", "(set --backend to one of"]),
+        (["--bench", "synthetic", "--backend", "tgi"], ["unknown teacher backend 'tgi': set --backend to 'hf'"]),
         (["--bench", "synthetic", "--dtype", "float8"], ["--dtype 'float8': input should be 'auto', 'float32'"]),
         (["--bench", "synthetic", "--device", "tpu"], ["--device 'tpu': string should match"]),
         (["--bench", "synthetic", "--top-p", "0"], ["--top-p 0: must be above 0 (at 1 every token can be sampled)"]),

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from opdctl import files
-from opdctl.demo.task import held_out
-from opdctl.rundir import RunDir
+from opdctl.data.demo_task import held_out
+from opdctl.runs import files
+from opdctl.runs.rundir import RunDir
 
 from .conftest import assert_one_line_error, read_metrics, run_cli, tiny_config, write_config
 
@@ -506,7 +506,7 @@ def test_odd_output_files_are_refused_before_any_work(finished_run, tmp_path, mo
     def no_calibration(*args):
         raise AssertionError("calibrated before checking where its output goes")
 
-    monkeypatch.setattr("opdctl.calibrate.calibrate", no_calibration)
+    monkeypatch.setattr("opdctl.tools.calibrate.calibrate", no_calibration)
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     cases = [

@@ -2,8 +2,8 @@
 
 import torch
 
-from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.groundtruth import first_error_tokens, judge
+from opdctl.data.groundtruth import first_error_tokens, judge
+from opdctl.models.demo_tokenizer import build_tokenizer
 
 
 def test_first_error_token_is_the_token_of_the_first_wrong_number():

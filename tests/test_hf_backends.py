@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from opdctl.backends import Sampling
-from opdctl.demo.tokenizer import build_tokenizer
+from opdctl.backends.types import Sampling
 from opdctl.errors import BackendError
-from opdctl.registry import backend_class, installed
+from opdctl.models.demo_tokenizer import build_tokenizer
+from opdctl.plugins import STUDENTS, TEACHERS
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_hf.sampling import _choose, _nucleus
 
@@ -25,8 +25,8 @@ PROMPTS = [[1, 21, 18, 16, 6, 10], [1, 21, 18, 9], [1, 21, 18, 12, 6, 11, 6, 13,
 
 
 def test_backends_are_registered_as_entry_points():
-    assert installed("teacher")["hf"].value == "opdctl_hf:HFTeacher"
-    assert backend_class("student", "hf") is HFStudent
+    assert TEACHERS.entry_points()["hf"].value == "opdctl_hf:HFTeacher"
+    assert STUDENTS.get("hf") is HFStudent
 
 
 def test_generation_records_the_students_top_k_and_sampled_logprobs(backends):

@@ -5,7 +5,7 @@ from transformers import DynamicCache, Qwen2Config
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 import opdctl_hf.sampling
-from opdctl.backends import Sampling
+from opdctl.backends.types import Sampling
 from opdctl_hf import HFStudent
 from opdctl_hf.cache import MIN_SPARE, GrowingLayer, decoding_cache
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from opdctl.inspect import RunTraces, position_profile, rollout_view, summarize
+from opdctl.analysis import RunTraces, position_profile, rollout_view, summarize
 
 from .conftest import run_cli, tiny_config, write_config
 

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from opdctl.configfile import validate
-from opdctl.data import PromptSet
+from opdctl.config.files import validate
+from opdctl.data.prompts import PromptSet
 from opdctl.errors import RunError
-from opdctl.rundir import RunDir
-from opdctl.stopping import Stopped, StopRequest
-from opdctl.trainer import Trainer
+from opdctl.runs.rundir import RunDir
+from opdctl.training.stopping import Stopped, StopRequest
+from opdctl.training.trainer import Trainer
 
 from .conftest import COSTS
 from .fakes import DRIFT_FROM, LENGTHS, TEACHER_LOGPROBS, FakeStudent, FakeTeacher

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from opdctl import losses
+from opdctl.algorithm import losses
 
 
 def _direct_topk(

@@ -17,15 +17,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from opdctl import drift
-from opdctl.backends import Sampling
-from opdctl.calibrate import both_views, calibrate
+from opdctl.algorithm import drift
+from opdctl.backends.types import Sampling
 from opdctl.cli import app
-from opdctl.configfile import validate
-from opdctl.data import chat_prompt, load_prompts
-from opdctl.gguf import package_file
-from opdctl.shrink import INFO_FILE, ShrinkSettings, shrink
-from opdctl.sources import resolve_model
+from opdctl.config.files import validate
+from opdctl.data.prompts import chat_prompt, load_prompts
+from opdctl.models.gguf import package_file
+from opdctl.models.sources import resolve_model
+from opdctl.tools.calibrate import both_views, calibrate
+from opdctl.tools.shrink import INFO_FILE, ShrinkSettings, shrink
 from opdctl_hf import HFStudent, HFTeacher
 
 from .conftest import read_metrics, write_config
@@ -231,7 +231,7 @@ def test_calibrate_on_the_skilled_pair_is_stable_and_its_signal_finds_first_erro
 def test_sft_teaches_the_real_model_the_form_of_a_worked_solution(real_teacher, tmp_path):
     """Ten LoRA steps: the answer loss falls by half and the model, which mostly rambles past the token limit,
     now ends every response (the arithmetic takes hundreds of steps: docs/real-models.md)."""
-    from opdctl.sft import SFTSettings, sft
+    from opdctl.tools.sft import SFTSettings, sft
 
     settings = SFTSettings(data=("wordproblems", "wordproblems-long"), steps=10, lr=1e-3, warmup_steps=2)
     report = sft(str(real_teacher), tmp_path / "sft", settings)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from opdctl.analysis.reader import RunTraces
+from opdctl.analysis.report import sample_rollouts
 from opdctl.cli import app
-from opdctl.inspect.reader import RunTraces
-from opdctl.inspect.report import sample_rollouts
 
 from .conftest import tiny_config, write_config
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from opdctl.schedules import lr_scheduler
+from opdctl.algorithm.schedules import lr_scheduler
 
 TRANSFORMERS_NAME = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 

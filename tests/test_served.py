@@ -1,4 +1,4 @@
-"""What every served model shares (opdctl.served): the retry policy and chunked scoring that re-sends the prefix."""
+"""What every served model shares (opdctl.backends.served): the retry policy, chunked scoring re-sending the prefix."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import openai
 import pytest
 import torch
 
-from opdctl.backends import Rollouts, TeacherScores
+from opdctl.backends.served import PrefixStream, RetryPolicy, ServerUnavailable
+from opdctl.backends.types import Rollouts, TeacherScores
 from opdctl.errors import BackendError
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.served import PrefixStream, RetryPolicy, ServerUnavailable
 
 
 def error(kind: type[Exception], text: str) -> Exception:

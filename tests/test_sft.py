@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from opdctl.demo.task import random_problem
-from opdctl.sft import ADAPTER, CHECKPOINTS, IGNORE, INFO_FILE, SFTSettings, collate, examples, sft
+from opdctl.data.demo_task import random_problem
+from opdctl.tools.sft import ADAPTER, CHECKPOINTS, IGNORE, INFO_FILE, SFTSettings, collate, examples, sft
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -122,7 +122,7 @@ def test_an_empty_solution_names_its_line(tiny_models, tmp_path):
 
 
 def test_word_problems_train_on_their_worked_solutions(tiny_models):
-    from opdctl.wordproblems import training_problems
+    from opdctl.data.wordproblems import training_problems
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["student"])
     settings = SFTSettings(data=("wordproblems", "wordproblems-long"), max_length=4096)

@@ -7,24 +7,26 @@ from dataclasses import replace
 
 import pytest
 
-from opdctl import skilled
-from opdctl.sft import SFTSettings
+from opdctl.models import skilled
+from opdctl.tools import skilled as recipes
+from opdctl.tools.sft import SFTSettings
 
 
 def test_every_recipe_ships_its_adapter():
-    """A changed recipe (or word-problem generator, RECIPE_VERSION) must be rebuilt: python -m opdctl.skilled."""
-    for name in skilled.RECIPES:
-        bundled = skilled.BUNDLED / skilled.digest(name)
-        assert (bundled / "adapter_config.json").is_file(), f"no adapter for recipe {name}: python -m opdctl.skilled"
-        assert json.loads((bundled / "recipe.json").read_text())["recipe"] == repr(skilled.RECIPES[name])
+    """A changed recipe (or word-problem generator, RECIPE_VERSION) must be rebuilt: python -m opdctl.tools.skilled."""
+    assert tuple(recipes.RECIPES) == skilled.NAMES
+    for name in recipes.RECIPES:
+        bundled = skilled.bundled_adapter(name)
+        assert bundled.name == recipes.digest(name), f"the adapter of {name} is stale: python -m opdctl.tools.skilled"
+        assert json.loads((bundled / "recipe.json").read_text())["recipe"] == repr(recipes.RECIPES[name])
         assert (bundled / "adapter_model.safetensors").stat().st_size < 12e6  # half precision, rank 16
 
 
 def test_a_recipe_change_changes_where_its_model_lives(monkeypatch):
-    before = skilled.digest("teacher")
-    changed = {**skilled.RECIPES, "teacher": replace(skilled.RECIPES["teacher"], steps=1)}
-    monkeypatch.setattr(skilled, "RECIPES", changed)
-    assert skilled.digest("teacher") != before
+    before = recipes.digest("teacher")
+    changed = {**recipes.RECIPES, "teacher": replace(recipes.RECIPES["teacher"], steps=1)}
+    monkeypatch.setattr(recipes, "RECIPES", changed)
+    assert recipes.digest("teacher") != before
 
 
 def test_unknown_skilled_models_are_named():
@@ -35,5 +37,5 @@ def test_unknown_skilled_models_are_named():
 
 
 def test_the_student_knows_less_of_the_skill_than_the_teacher():
-    teacher, student = skilled.RECIPES["teacher"], skilled.RECIPES["student"]
+    teacher, student = recipes.RECIPES["teacher"], recipes.RECIPES["student"]
     assert isinstance(student, SFTSettings) and student.steps * 10 <= teacher.steps

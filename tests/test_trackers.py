@@ -14,10 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from opdctl.cli import app
-from opdctl.configfile import load_config
+from opdctl.config.files import load_config
 from opdctl.errors import ConfigError
-from opdctl.rundir import RunDir
-from opdctl.trackers import TensorBoardTracker, Trackers, mlflow_name, require_trackers, scalars
+from opdctl.runs.rundir import RunDir
+from opdctl.runs.trackers import Trackers, require_trackers, scalars
+from opdctl.runs.trackers.mlflow import mlflow_name
+from opdctl.runs.trackers.tensorboard import TensorBoardTracker
 
 from .conftest import read_metrics, tiny_config, write_config
 

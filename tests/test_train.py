@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from opdctl import threads
 from opdctl.cli import app
-from opdctl.rundir import RunDir
+from opdctl.runs.rundir import RunDir
 
 from .conftest import COSTS, read_metrics, tiny_config, write_config
 
@@ -282,15 +282,15 @@ def test_console_script_runs(tiny_models, tmp_path):
 @pytest.mark.parametrize("estimator", ["topk", "sampled"])
 def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, tmp_path, estimator):
     """The update over length-grouped micro-batches equals one whole-batch update (loss, parameters)."""
-    from opdctl.backends import Sampling
-    from opdctl.batching import length_groups
-    from opdctl.configfile import validate
-    from opdctl.data import PromptSet
-    from opdctl.demo.models import prompt_ids
-    from opdctl.demo.task import held_out
-    from opdctl.demo.tokenizer import build_tokenizer
-    from opdctl.drift import measure_drift
-    from opdctl.trainer import Trainer
+    from opdctl.algorithm.batching import length_groups
+    from opdctl.algorithm.drift import measure_drift
+    from opdctl.backends.types import Sampling
+    from opdctl.config.files import validate
+    from opdctl.data.demo_task import held_out
+    from opdctl.data.prompts import PromptSet
+    from opdctl.models.demo import prompt_ids
+    from opdctl.models.demo_tokenizer import build_tokenizer
+    from opdctl.training.trainer import Trainer
     from opdctl_hf import HFStudent, HFTeacher
 
     prompts = [prompt_ids(build_tokenizer(), p) for p in held_out(9)]
@@ -321,14 +321,14 @@ def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, t
 def test_updates_per_step_update_once_per_mini_batch_in_order(tiny_models, tmp_path):
     """optim.updates_per_step=2 is two updates, on the first then the second half of the rollouts (the top-k
     estimator needs no correction), with the learning-rate schedule moving at each."""
-    from opdctl.backends import Sampling
-    from opdctl.configfile import validate
-    from opdctl.data import PromptSet
-    from opdctl.demo.models import prompt_ids
-    from opdctl.demo.task import held_out
-    from opdctl.demo.tokenizer import build_tokenizer
-    from opdctl.drift import measure_drift
-    from opdctl.trainer import Trainer
+    from opdctl.algorithm.drift import measure_drift
+    from opdctl.backends.types import Sampling
+    from opdctl.config.files import validate
+    from opdctl.data.demo_task import held_out
+    from opdctl.data.prompts import PromptSet
+    from opdctl.models.demo import prompt_ids
+    from opdctl.models.demo_tokenizer import build_tokenizer
+    from opdctl.training.trainer import Trainer
     from opdctl_hf import HFStudent, HFTeacher
 
     prompts = [prompt_ids(build_tokenizer(), p) for p in held_out(8)]

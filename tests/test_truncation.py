@@ -8,16 +8,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opdctl.backends import GeneratedChunk, Rollouts, Sampling
+from opdctl.algorithm.drift import measure_drift
+from opdctl.algorithm.losses import opd_loss
+from opdctl.analysis import RunTraces, summarize
+from opdctl.backends.types import GeneratedChunk, Rollouts, Sampling
 from opdctl.cli import app
-from opdctl.configfile import validate
-from opdctl.demo.models import prompt_ids
-from opdctl.demo.task import held_out
-from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.drift import measure_drift
-from opdctl.inspect import RunTraces, summarize
-from opdctl.losses import opd_loss
-from opdctl.monitor import DriftMonitor, next_chunk
+from opdctl.config.files import validate
+from opdctl.data.demo_task import held_out
+from opdctl.models.demo import prompt_ids
+from opdctl.models.demo_tokenizer import build_tokenizer
+from opdctl.training.monitor import DriftMonitor, next_chunk
 from opdctl_hf import HFStudent, HFTeacher
 
 from .conftest import read_metrics, tiny_config, write_config
@@ -93,7 +93,7 @@ def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tin
 
 
 def _trim(scores, width):
-    from opdctl.backends import TeacherScores
+    from opdctl.backends.types import TeacherScores
 
     return TeacherScores(scores.topk_ids[:, :width], scores.topk_logprobs[:, :width], scores.query_logprobs[:, :width])
 
@@ -152,7 +152,7 @@ class _Stream:
         self.agree, self.widths = agree, []
 
     def extend(self, rows, tokens, lengths, query_ids, top_k):
-        from opdctl.backends import QueryLayout, TeacherScores
+        from opdctl.backends.types import QueryLayout, TeacherScores
 
         self.widths.append(tokens.shape[1])
         ids = QueryLayout.candidates(query_ids)[..., :top_k] if self.agree else torch.full((*tokens.shape, top_k), 99)
@@ -214,7 +214,7 @@ def test_exact_chunks_end_where_a_stop_can_come_or_max_overshoot_tokens_later(ba
 
 
 def test_a_teacher_that_rescores_its_prefix_is_not_streamed_unless_asked():
-    from opdctl.generation import truncates
+    from opdctl.training.generation import truncates
 
     from .fakes import FakeTeacher
 

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from opdctl.backends import EngineSetup, Rollouts, Sampling
-from opdctl.configfile import validate
+from opdctl.backends.served import ServerUnavailable
+from opdctl.backends.types import EngineSetup, Rollouts, Sampling
+from opdctl.config.files import validate
 from opdctl.errors import BackendError, ConfigError
 from opdctl.progress import LogReporter, reporting_to
-from opdctl.served import ServerUnavailable
 from opdctl_vllm.rollout import ServerEngine, VLLMEngineOptions
 from opdctl_vllm.teacher import parse_scores
 
@@ -56,5 +56,5 @@ def test_rollout_engines_validate_their_own_options():
     assert validate({}).student.vllm == {}  # transformers rollouts have no engine options
     with pytest.raises(ConfigError, match=r"unknown config key 'student.vllm.bogus'; allowed keys here: base_url"):
         validate({"student": {"rollout": "vllm-colocate", "vllm": {"bogus": 1}}})
-    with pytest.raises(BackendError, match=r"unknown rollout backend 'sglang': installed rollout backends are vllm-"):
+    with pytest.raises(BackendError, match=r"unknown rollout engine 'sglang': set student.rollout to 'vllm-colocate' or 'vllm-server', or"):
         validate({"student": {"rollout": "sglang"}})

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opdctl.backends import Rollouts, Sampling
+from opdctl.backends.types import Rollouts, Sampling
 from opdctl.cli import app
 from opdctl_hf import HFStudent
 

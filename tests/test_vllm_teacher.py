@@ -12,14 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opdctl.backends import Sampling
+from opdctl.algorithm.drift import measure_drift
+from opdctl.backends.types import Sampling
 from opdctl.cli import app
-from opdctl.configfile import validate
-from opdctl.demo.models import prompt_ids
-from opdctl.demo.task import held_out
-from opdctl.demo.tokenizer import build_tokenizer
-from opdctl.drift import measure_drift
+from opdctl.config.files import validate
+from opdctl.data.demo_task import held_out
 from opdctl.errors import BackendError
+from opdctl.models.demo import prompt_ids
+from opdctl.models.demo_tokenizer import build_tokenizer
 from opdctl_hf import HFStudent, HFTeacher
 from opdctl_vllm import VLLMTeacher
 
@@ -223,7 +223,7 @@ def test_traces_of_a_vllm_teacher_run_match_an_hf_teacher_run(tiny_models, serve
 
 def test_truncation_through_the_server_matches_the_local_teacher(tiny_models, served_model, vllm_server):
     """Chunked scoring through vLLM stops the same rollouts at the same positions as the HF teacher's stream."""
-    from opdctl.monitor import DriftMonitor
+    from opdctl.training.monitor import DriftMonitor
 
     config = validate(
         {

@@ -6,12 +6,12 @@ from itertools import islice
 
 import pytest
 
-from opdctl.config import DataConfig
-from opdctl.data import load_prompts
-from opdctl.evaluation.benchmarks import load_benchmarks
-from opdctl.evaluation.grading import extract_answer, grade_response
-from opdctl.wordproblems import KINDS, LONG, REWORDED, SHORT, SUFFIX, drills, first_error, held_out, random_problem
-from opdctl.wordproblems import training_problems as problems
+from opdctl.config.schema import DataConfig
+from opdctl.data.benchmarks import load_benchmarks
+from opdctl.data.grading import extract_answer, grade_response
+from opdctl.data.prompts import load_prompts
+from opdctl.data.wordproblems import KINDS, LONG, REWORDED, SHORT, SUFFIX, drills, first_error, held_out, random_problem
+from opdctl.data.wordproblems import training_problems as problems
 
 # An independent reading of a story: the amount each sentence leaves, from its words alone.
 START = r"(?:has|had|starts with|started with|owns|owned|keeps|kept|holds|held|There are|There were) (\d+) "

@@ -16,14 +16,14 @@ def backends(ctx: typer.Context) -> None:
         return
     from rich.table import Table
 
-    from opdctl.console import stdout
-    from opdctl.registry import installed
+    from opdctl.cli.console import stdout
+    from opdctl.plugins import BACKENDS
 
     table = Table(title="installed backends", header_style="bold")
     for column in ("role", "name", "provided by", "object"):
         table.add_column(column)
     for kind in ("teacher", "student", "rollout"):
-        for name, ep in sorted(installed(kind).items()):
+        for name, ep in sorted(BACKENDS[kind].entry_points().items()):
             dist = ep.dist.name if ep.dist else "?"
             table.add_row(kind, name, dist, ep.value)
     stdout.print(table)
@@ -41,9 +41,9 @@ def backends_check(
     """
     from rich.table import Table
 
-    from opdctl.configfile import load_config
-    from opdctl.console import stdout
-    from opdctl.start import check_teacher
+    from opdctl.cli.console import stdout
+    from opdctl.config.files import load_config
+    from opdctl.training.start import check_teacher
 
     def action() -> None:
         quiet_libraries()

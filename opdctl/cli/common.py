@@ -12,7 +12,7 @@ import typer
 
 from opdctl import __version__
 from opdctl.errors import OpdctlError
-from opdctl.stopping import Stopped
+from opdctl.training.stopping import Stopped
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config; without it the embedded demo config is used.")
@@ -34,7 +34,7 @@ def run_command(debug: bool, action: Callable[[], Any]) -> Any:
     """Run ``action``, turning errors into one red line and a non-zero exit (tracebacks with --debug)."""
     from rich.markup import escape
 
-    from opdctl.console import console
+    from opdctl.cli.console import console
 
     try:
         return action()
@@ -64,7 +64,7 @@ def run_command(debug: bool, action: Callable[[], Any]) -> Any:
 def quiet_libraries() -> None:
     """Keep transformers/datasets progress bars and advisory warnings out of our output; no minute-long hub
     retries without a network."""
-    from opdctl.hub import fail_fast_offline
+    from opdctl.models.hub import fail_fast_offline
 
     fail_fast_offline()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

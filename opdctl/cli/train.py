@@ -13,7 +13,7 @@ from opdctl.cli.common import ConfigOption, DebugOption, Overrides, quiet_librar
 from opdctl.errors import OpdctlError
 
 if TYPE_CHECKING:
-    from opdctl.config import Config
+    from opdctl.config.schema import Config
 
 
 def train(
@@ -37,18 +37,18 @@ def train(
 
         opdctl train --resume runs/20260101-120000
     """
-    from opdctl.configfile import load_config
-    from opdctl.console import console, stdout, summary_table
+    from opdctl.cli.console import console, stdout, summary_table
+    from opdctl.config.files import load_config
     from opdctl.progress import reporting_to
-    from opdctl.start import resumed_config, start_run
-    from opdctl.stopping import sigterm_interrupts
+    from opdctl.training.start import resumed_config, start_run
+    from opdctl.training.stopping import sigterm_interrupts
 
     def action() -> None:
         quiet_libraries()
         if resume is not None and config is not None:
             raise OpdctlError("--resume uses the run's own config.yaml: drop -c (overrides are still allowed)")
         cfg = resumed_config(resume, overrides or []) if resume else load_config(config, overrides or [])
-        from opdctl.console import cli_reporter
+        from opdctl.cli.console import cli_reporter
         from opdctl.progress import LogReporter
 
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 speaks for all
@@ -87,13 +87,18 @@ def show_config(
     debug: DebugOption = False,
 ) -> None:
     """Print the resolved config (file or demo, plus overrides) as YAML, or the key reference."""
-    from opdctl.configfile import load_config
-    from opdctl.reference import reference_markdown
+    from opdctl.config.files import load_config
+    from opdctl.config.reference import reference_markdown
+    from opdctl.data.benchmarks import check_bench
 
     def action() -> None:
         if reference and (config or overrides):
             raise OpdctlError("--reference lists every key's default, whatever the config: drop -c and overrides")
-        text = reference_markdown() if reference else load_config(config, overrides or []).to_yaml()
-        sys.stdout.write(text)
+        if reference:
+            sys.stdout.write(reference_markdown())
+            return
+        resolved = load_config(config, overrides or [])
+        check_bench(resolved.eval.bench)
+        sys.stdout.write(resolved.to_yaml())
 
     run_command(debug, action)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Generator, Sampling, Teacher
-from opdctl.data import chat_prompts
-from opdctl.evaluation.benchmarks import Benchmark
-from opdctl.losses import advantage_sum
+from opdctl.algorithm.losses import advantage_sum
+from opdctl.backends.protocols import Generator, Teacher
+from opdctl.backends.types import Sampling
+from opdctl.data.benchmarks import Benchmark
+from opdctl.data.prompts import chat_prompts
 from opdctl.progress import reporter
 
 BATCH = 64

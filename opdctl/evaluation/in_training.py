@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from opdctl.backends import Generator, Student, Teacher
-from opdctl.config import Config
-from opdctl.evaluation.benchmarks import Benchmark
+from opdctl.backends.protocols import Generator, Student, Teacher
+from opdctl.config.schema import Config
+from opdctl.data.benchmarks import Benchmark
+from opdctl.data.grading import Grader
 from opdctl.evaluation.divergence import held_out_reverse_kl
-from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.runner import Settings, evaluate
 from opdctl.progress import reporter
-from opdctl.rundir import RunDir
+from opdctl.runs.rundir import RunDir
 
 
 def token_limit(config: Config) -> int:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from opdctl.errors import ConfigError
-from opdctl.files import append_line, atomic_write, remove_leftovers
-from opdctl.jsonl import scan_jsonl
-from opdctl.ownership import DirLock, check_output, make_output
 from opdctl.progress import reporter
+from opdctl.runs.files import append_line, atomic_write, remove_leftovers
+from opdctl.runs.jsonl import scan_jsonl
+from opdctl.runs.ownership import DirLock, check_output, make_output
 
 Row = dict[str, Any]
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Generator, KnowsContextLength, Sampling
-from opdctl.data import chat_prompts
-from opdctl.evaluation.benchmarks import Benchmark, Problem
-from opdctl.evaluation.grading import Grader
+from opdctl.backends.protocols import Generator, KnowsContextLength
+from opdctl.backends.types import Sampling
+from opdctl.data.benchmarks import Benchmark, Problem
+from opdctl.data.grading import Grader
+from opdctl.data.prompts import chat_prompts
 from opdctl.evaluation.metrics import OVER_CONTEXT, BenchmarkScore, score
 from opdctl.progress import reporter
 

@@ -13,25 +13,25 @@ from typing import Any
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from opdctl.backends import Generator
-from opdctl.checkpoint import checkpoint_problem
-from opdctl.configfile import format_validation_error
-from opdctl.demo import DEMO_PREFIX
+from opdctl.backends.protocols import Generator
+from opdctl.config.files import format_validation_error
+from opdctl.data.benchmarks import Benchmark, Fields, load_benchmarks
+from opdctl.data.grading import Grader
 from opdctl.errors import BackendError, ConfigError, RunError, reason
 from opdctl.evaluation import PAPER_MAX_NEW_TOKENS, PAPER_SAMPLES, TEMPERATURE, TOP_P
-from opdctl.evaluation.benchmarks import Benchmark, Fields, load_benchmarks
-from opdctl.evaluation.grading import Grader
 from opdctl.evaluation.metrics import BenchmarkScore, overall, score
 from opdctl.evaluation.results import EvalDir
 from opdctl.evaluation.runner import Settings, context_length, generate_rows
-from opdctl.files import write_failure
-from opdctl.gguf import GGUF_SUFFIX, PACKAGE_PREFIX
-from opdctl.ownership import check_output
+from opdctl.models.demo import DEMO_PREFIX
+from opdctl.models.gguf import GGUF_SUFFIX, PACKAGE_PREFIX
+from opdctl.models.skilled import PREFIX as SKILLED_PREFIX
+from opdctl.models.sources import resolve_model
+from opdctl.plugins import TEACHERS
 from opdctl.progress import reporter
-from opdctl.registry import backend_class
-from opdctl.rundir import RunDir
-from opdctl.skilled import PREFIX as SKILLED_PREFIX
-from opdctl.sources import resolve_model
+from opdctl.runs.checkpoint import checkpoint_problem
+from opdctl.runs.files import write_failure
+from opdctl.runs.ownership import check_output
+from opdctl.runs.rundir import RunDir
 
 UNANSWERED_WARNING = 0.5  # warn when at least this share of a benchmark's responses has no answer
 
@@ -234,7 +234,7 @@ def load_generator(request: EvalRequest, ref: ModelRef) -> tuple[Generator, PreT
     concurrency; a local one the model, dtype and device.
     """
     name = engine_name(request)
-    cls = backend_class("teacher", name, setting="--backend")
+    cls = TEACHERS.get(name, setting="--backend")
     if request.base_url:
         options = {"model": request.served_model, "base_url": request.base_url, "max_concurrency": request.concurrency}
     else:

@@ -17,7 +17,8 @@ from dataclasses import replace
 
 import torch
 
-from opdctl.backends import GenerationMonitor, RolloutEngine, Rollouts, Sampling
+from opdctl.backends.protocols import GenerationMonitor, RolloutEngine
+from opdctl.backends.types import Rollouts, Sampling
 
 from .sampling import RolloutRecord
 

@@ -9,11 +9,11 @@ import torch
 from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from opdctl.config import BackendConfig
+from opdctl.config.schema import BackendConfig
 from opdctl.errors import BackendError, reason
-from opdctl.ownership import directory_kind
-from opdctl.rundir import RunDir
-from opdctl.sources import resolve_model
+from opdctl.models.sources import resolve_model
+from opdctl.runs.ownership import directory_kind
+from opdctl.runs.rundir import RunDir
 
 ADAPTER_FILE = "adapter_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

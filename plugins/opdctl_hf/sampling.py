@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from opdctl.backends import FinishedCallback, GeneratedChunk, GenerationMonitor, Rollouts, Sampling
+from opdctl.backends.protocols import GenerationMonitor
+from opdctl.backends.types import FinishedCallback, GeneratedChunk, Rollouts, Sampling
 
 from .cache import decoding_cache
 from .sequences import left_pad, positions

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from opdctl.backends import Rollouts
+from opdctl.backends.types import Rollouts
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from opdctl.backends import TeacherScores
+from opdctl.backends.types import TeacherScores
 
 from .cache import decoding_cache
 from .sampling import cache_keyword

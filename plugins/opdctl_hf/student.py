@@ -10,11 +10,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import EngineSetup, FinishedCallback, GenerationMonitor, RolloutEngine, Rollouts, Sampling
-from opdctl.configfile import format_validation_error
+from opdctl.backends.protocols import GenerationMonitor, RolloutEngine
+from opdctl.backends.types import EngineSetup, FinishedCallback, Rollouts, Sampling
+from opdctl.config.files import format_validation_error
 from opdctl.distributed import World
 from opdctl.errors import BackendError
-from opdctl.registry import backend_class
+from opdctl.plugins import ROLLOUT_ENGINES
 
 from . import sharding
 from .chunked import generate_in_chunks
@@ -70,7 +71,7 @@ class HFStudentConfig(HFConfig):
             or not isinstance(data["rollout"], str)
         ):
             return data
-        schema = backend_class("rollout", data["rollout"]).Config
+        schema = ROLLOUT_ENGINES.get(data["rollout"]).Config
         try:
             options = schema.model_validate(data.get("vllm") or {})
         except ValidationError as exc:
@@ -285,7 +286,7 @@ def rollout_engine(config: HFStudentConfig, model: torch.nn.Module) -> RolloutEn
     """The engine named by ``student.rollout`` (None: this process generates with transformers)."""
     if config.rollout == "hf":
         return None
-    engine = backend_class("rollout", config.rollout)
+    engine = ROLLOUT_ENGINES.get(config.rollout)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     setup = EngineSetup(getattr(model, "name_or_path", config.model), dtype, lora=config.lora is not None)
     return engine(engine.Config.model_validate(config.vllm), setup)

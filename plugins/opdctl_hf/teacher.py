@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Rollouts, Sampling, TeacherScores
+from opdctl.backends.types import Rollouts, Sampling, TeacherScores
 from opdctl.errors import BackendError
 
 from .loading import HFConfig, check_same_tokenizer, context_length, eos_ids, load_model, load_tokenizer

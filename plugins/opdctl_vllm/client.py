@@ -1,6 +1,6 @@
 """A vLLM OpenAI-compatible server seen through the `openai` client: prompt log-probs, probes.
 
-Retries follow :class:`opdctl.served.RetryPolicy`, as for every served model.
+Retries follow :class:`opdctl.backends.served.RetryPolicy`, as for every served model.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, NamedTuple, TypeVar
 
 import openai
 
-from opdctl.backends import Sampling
+from opdctl.backends.served import RetryPolicy
+from opdctl.backends.types import Sampling
 from opdctl.errors import BackendError, reason
-from opdctl.served import RetryPolicy
 
 T = TypeVar("T")
 PositionLogprobs = dict[str, dict[str, Any]] | None  # {"<token id>": {"logprob", "rank", ...}} per position
@@ -93,7 +93,7 @@ class ServerClient:
         return self.pool.submit(contextvars.copy_context().run, self.prompt_logprobs, sequences, k)
 
     def with_retries(self, call: Callable[[], T], what: str) -> T:
-        """Run ``call`` under the teacher's retry policy (:class:`opdctl.served.RetryPolicy`)."""
+        """Run ``call`` under the teacher's retry policy (:class:`opdctl.backends.served.RetryPolicy`)."""
         return self.policy.run(call, what, f"teacher server {self.base_url}")
 
     # probes --------------------------------------------------------------------

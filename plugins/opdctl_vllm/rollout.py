@@ -24,9 +24,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
-from opdctl.backends import EngineSetup, Rollouts, Sampling
+from opdctl.backends.served import RetryPolicy
+from opdctl.backends.types import EngineSetup, Rollouts, Sampling
 from opdctl.errors import BackendError
-from opdctl.served import RetryPolicy
 
 FINISH = {"stop": "eos", "length": "length"}
 

@@ -18,10 +18,10 @@ import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from opdctl.backends import Rollouts, Sampling, TeacherScores
-from opdctl.config import BackendConfig
+from opdctl.backends.served import PrefixStream, sparse_scores
+from opdctl.backends.types import Rollouts, Sampling, TeacherScores
+from opdctl.config.schema import BackendConfig
 from opdctl.errors import BackendError
-from opdctl.served import PrefixStream, sparse_scores
 
 from .client import PositionLogprobs, ServerClient
 

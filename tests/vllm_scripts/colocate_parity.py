@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from opdctl.backends import Rollouts, Sampling
+from opdctl.backends.types import Rollouts, Sampling
 from opdctl_hf import HFStudent
 
 COLOCATED = {"enforce_eager": True, "max_model_len": 512, "kv_cache_gib": 1}  # 1 GiB whatever else runs

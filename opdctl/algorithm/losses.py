@@ -1,0 +1,178 @@
+"""The reverse-KL estimators of on-policy distillation (docs/algorithm.md, "On-policy distillation").
+
+Every estimator returns the batch loss as a token mean: the sum over tokens of
+``loss_weight * per-token loss`` divided by ``num_tokens``, the number of valid
+response tokens in the whole optimizer step (so that gradient accumulation over
+micro-batches gives the same gradient as one large batch). Advantages are
+constants: the gradient flows through the student's log-probs only.
+
+Estimators are registered in :data:`opdctl.plugins.LOSS_ESTIMATORS`: each is a
+function ``(inputs, config) -> loss`` over :class:`LossInputs` and the ``loss``
+config section; :func:`opd_loss` applies the configured one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from opdctl.backends.types import QueryLayout
+from opdctl.config.schema import Config, LossConfig
+from opdctl.plugins import LOSS_ESTIMATORS
+
+WEIGHTINGS = ("student_p", "teacher_p", "none")
+
+
+def candidate_weights(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    weighting: str,
+    candidates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """w_t(v): a softmax over the candidates of the student's or teacher's log-probs, or uniform.
+
+    With a boolean ``candidates`` mask the softmax runs over the marked candidates
+    only; a position with none gets zero weights.
+    """
+    if weighting == "student_p":
+        scores = student_logprobs.detach()
+    elif weighting == "teacher_p":
+        scores = teacher_logprobs
+    elif weighting == "none":
+        scores = torch.zeros_like(student_logprobs).detach()
+    else:
+        raise ValueError(f"unknown candidate weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    if candidates is None:
+        return torch.softmax(scores, dim=-1)
+    weights = torch.softmax(scores.masked_fill(~candidates, float("-inf")), dim=-1)
+    return torch.nan_to_num(weights, nan=0.0)
+
+
+def topk_reverse_kl(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+    weighting: str = "student_p",
+    candidates: torch.Tensor | None = None,
+    renormalize: bool = False,
+) -> torch.Tensor:
+    """Top-k estimator: L = -sum_t m_t sum_{v in S_t} r_t(v) log p_t(v), r_t(v) = -(log p - log q) w_t(v).
+
+    ``student_logprobs`` and ``teacher_logprobs`` are ``[B, T, k]`` log-probs of
+    the student's top-k candidates under each model; ``loss_weight`` is m_t ``[B, T]``.
+    ``candidates`` (boolean ``[B, T, k]``) restricts S_t, e.g. to the ids whose
+    teacher log-prob is known exactly. With ``renormalize`` p_t is the student's
+    distribution renormalised over S_t: the loss then depends on the logits of S_t
+    only through their differences, so it never moves probability between S_t and
+    the rest of the vocabulary (the same gradient as centring r_t on its w_t-mean).
+    """
+    weights = candidate_weights(student_logprobs, teacher_logprobs, weighting, candidates)
+    if renormalize:
+        student_logprobs = student_logprobs - _log_mass(student_logprobs, candidates)
+    reward = -(student_logprobs.detach() - teacher_logprobs) * weights
+    per_token = -(reward * student_logprobs).sum(-1)
+    return (per_token * loss_weight).sum() / num_tokens
+
+
+def _log_mass(logprobs: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+    """log sum_{v in S_t} p_t(v), ``[B, T, 1]``; 0 where S_t is empty."""
+    if candidates is not None:
+        logprobs = logprobs.masked_fill(~candidates, float("-inf"))
+    mass = torch.logsumexp(logprobs, dim=-1, keepdim=True)
+    return torch.where(torch.isfinite(mass), mass, torch.zeros_like(mass))
+
+
+def sampled_reverse_kl(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+    baseline: float = 0.0,
+    behaviour_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sampled-token (k1) estimator: L = -sum_t m_t r_t (A_t - b) log p_t(y_t), A_t = log q_t(y_t) - log p_t(y_t).
+
+    Both log-prob tensors are ``[B, T]`` log-probs of the sampled tokens. ``baseline`` b
+    is a constant (the step's mean advantage: :func:`advantage_sum`): since
+    E_y[grad log p(y)] = 0 it leaves the expected gradient unchanged and removes the
+    noise of A_t's mean, -KL, which is never positive. r_t = p_t(y_t) / mu_t(y_t), held
+    constant, is the importance weight of tokens sampled by an earlier policy mu
+    (``behaviour_logprobs``: the student before this step's earlier updates); 1 without it.
+    """
+    advantage = (teacher_logprobs - student_logprobs).detach() - baseline
+    if behaviour_logprobs is not None:
+        log_ratio = (student_logprobs.detach() - behaviour_logprobs).masked_fill(loss_weight == 0, 0.0)  # padding
+        advantage = advantage * log_ratio.exp()
+    per_token = -advantage * student_logprobs
+    return (per_token * loss_weight).sum() / num_tokens
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What an estimator sees of a micro-batch: log-probs over the :class:`QueryLayout` and the weights m_t."""
+
+    student: torch.Tensor  # [B, T, k+1] with gradient
+    teacher: torch.Tensor  # [B, T, k+1]
+    loss_weight: torch.Tensor  # [B, T] m_t, 0 on padding
+    num_tokens: int  # valid tokens in the whole optimizer step
+    teacher_exact: torch.Tensor | None = None  # [B, T, k+1] bool: which teacher values are exact (served teachers)
+    mean_advantage: float = 0.0  # the step's mean k1 advantage, all processes (:func:`advantage_sum`)
+    behaviour: torch.Tensor | None = None  # [B, T] sampled tokens' log-probs when drawn by earlier weights
+
+
+@LOSS_ESTIMATORS.register("topk")
+def topk_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
+    """Reverse KL over the student's top-k S_t with candidate weights loss.weighting (the paper's)."""
+    candidates = None
+    if inputs.teacher_exact is not None and config.absent_candidates == "drop":
+        candidates = QueryLayout.candidates(inputs.teacher_exact)
+    student, teacher = QueryLayout.candidates(inputs.student), QueryLayout.candidates(inputs.teacher)
+    return topk_reverse_kl(
+        student, teacher, inputs.loss_weight, inputs.num_tokens, config.weighting, candidates, config.renormalize
+    )
+
+
+@LOSS_ESTIMATORS.register("sampled")
+def sampled_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
+    """k1 on y_t alone (needs only its teacher log-prob); noisier than topk, best at optim.updates_per_step=1.
+
+    With loss.baseline=mean the step's mean advantage is subtracted. Why it trails topk: docs/benchmarks.md."""
+    student, teacher = QueryLayout.sampled(inputs.student), QueryLayout.sampled(inputs.teacher)
+    baseline = inputs.mean_advantage if config.baseline == "mean" else 0.0
+    return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, baseline, inputs.behaviour)
+
+
+def opd_loss(
+    config: Config,
+    student_lp: torch.Tensor,
+    teacher_lp: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+    teacher_exact: torch.Tensor | None = None,
+    mean_advantage: float = 0.0,
+    behaviour: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The configured estimator on ``[B, T, k+1]`` log-probs in the query layout; ``mean_advantage`` is the
+    step's (see :meth:`opdctl.training.update.Updater.mean_advantage`), ``behaviour`` the sampled tokens' log-probs
+    under the weights that drew them, when the student has been updated since (``optim.updates_per_step``)."""
+    inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact, mean_advantage, behaviour)
+    return LOSS_ESTIMATORS.get(config.loss.estimator)(inputs, config.loss)
+
+
+def advantage_sum(
+    rollout_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor
+) -> tuple[float, int]:
+    """Sum of the k1 advantages log q(y) - log p(y) over valid tokens, and their number (summed over processes,
+    they give the sampled estimator's baseline)."""
+    return float(((teacher_logprobs - rollout_logprobs) * mask).sum()), int(mask.sum())
+
+
+def reverse_kl_estimate(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean k1 estimate of KL(p || q) over valid tokens: E[log p(y) - log q(y)], y ~ p."""
+    count = int(mask.sum())
+    if count == 0:
+        return 0.0
+    diff = (student_logprobs.detach() - teacher_logprobs) * mask
+    return float(diff.sum() / count)

@@ -1,0 +1,1 @@
+"""Commands that make or tune models around a run: ``opdctl sft``, ``opdctl shrink``, ``opdctl calibrate``."""

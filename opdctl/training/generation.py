@@ -1,0 +1,99 @@
+"""How a step's rollouts are generated and scored: three strategies with one result, :class:`Generation`.
+
+* monitored (``rollout.truncate_on_drift``, see :func:`truncates`): the teacher scores
+  chunks while they are generated and drifted rollouts stop early (:mod:`opdctl.training.monitor`);
+* overlapped (an :class:`~opdctl.backends.protocols.OverlappedScoring` teacher whose
+  ``overlaps_generation`` is set): each rollout goes to the teacher as soon as it finishes;
+* sequential: generate the whole batch, then score it.
+
+No partial batch is ever used: every strategy returns the whole batch's scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from opdctl.backends.protocols import OverlappedScoring, Student, Teacher
+from opdctl.backends.types import Rollouts, Sampling, TeacherScores
+from opdctl.config.schema import Config
+from opdctl.training.monitor import DriftMonitor
+
+
+@dataclass
+class Generation:
+    """One step's rollouts, their teacher scores, when generation ended, and what it cost."""
+
+    rollouts: Rollouts
+    scores: TeacherScores
+    ended_at: float  # time.perf_counter() when the last rollout was generated
+    token_counts: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
+    monitor_seconds: float = 0.0  # the drift monitor's own time during generation
+    drift_checks: int = 0  # chunks the drift monitor had the teacher score (0 without truncation)
+
+
+def generate_and_score(
+    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Rollouts of ``prompts`` and their teacher scores, by the strategy the config and the teacher allow."""
+    if truncates(config, teacher):
+        return monitored(config, student, teacher, prompts, sampling)
+    if isinstance(teacher, OverlappedScoring) and teacher.overlaps_generation:
+        return overlapped(config, student, teacher, prompts, sampling)
+    return sequential(config, student, teacher, prompts, sampling)
+
+
+def truncates(config: Config, teacher: Teacher) -> bool:
+    """Whether rollouts are truncated on drift: as configured, except with ``rollout.chunking=auto`` and a teacher
+    that re-scores the whole prefix at every check (vLLM), where scoring once after generation was measured
+    cheaper (docs/benchmarks.md, "Truncation with a served teacher")."""
+    rollout = config.rollout
+    rescores = getattr(teacher, "rescores_prefix", False)  # plugins written before the attribute do not
+    return rollout.truncate_on_drift and not (rescores and rollout.chunking == "auto")
+
+
+def monitored(
+    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Score while generating; stop rollouts whose weight can no longer matter."""
+    monitor = DriftMonitor(config, teacher.stream(prompts), len(prompts), sampling.max_new_tokens, config.loss.k + 1)
+    try:
+        rollouts = student.generate(prompts, sampling, monitor=monitor)
+    finally:
+        monitor.close()
+    scores = monitor.scores(rollouts.response_ids.shape[1])
+    return Generation(rollouts, scores, now(student.device), monitor.scored, monitor.seconds, monitor.checks)
+
+
+def sequential(
+    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Generate the whole batch, then score it."""
+    rollouts = student.generate(prompts, sampling)
+    ended = now(student.device)
+    return Generation(rollouts, teacher.score(rollouts, rollouts.query_ids(), config.prune_k), ended, rollouts.lengths)
+
+
+def overlapped(
+    config: Config, student: Student, teacher: OverlappedScoring, prompts: list[list[int]], sampling: Sampling
+) -> Generation:
+    """Send rows to the teacher as they finish; wait for all their scores at the end."""
+    pending = []
+
+    def submit(rows: list[int], part: Rollouts) -> None:
+        pending.append((rows, teacher.submit(part, part.query_ids(), config.prune_k)))
+
+    rollouts = student.generate(prompts, sampling, on_finished=submit)
+    ended = now(student.device)
+    parts = [(rows, scores.result()) for rows, scores in pending]
+    scores = TeacherScores.assemble(parts, len(rollouts), rollouts.response_ids.shape[1])
+    return Generation(rollouts, scores, ended, rollouts.lengths)
+
+
+def now(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
