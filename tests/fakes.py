@@ -9,14 +9,14 @@ position; the teacher's is a fixed vector.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from opdctl.backends.protocols import GenerationMonitor
 from opdctl.backends.types import FinishedCallback, GeneratedChunk, Rollouts, Sampling, TeacherScores
+from opdctl.config.schema import BackendConfig
 
 VOCAB = 16
 LENGTHS = {0: 5, 1: 9, 2: 12, 3: 3}
@@ -33,11 +33,17 @@ class Policy(torch.nn.Module):
 class FakeStudent:
     """Scripted generation (with the monitor and on_finished protocols); differentiable log-probs."""
 
+    Config = BackendConfig
+
     def __init__(self) -> None:
         self.model = Policy()
         self.device = torch.device("cpu")
         self.tokenizer = None
         self.limits: list[int] = []  # max_new_tokens of every generate call
+
+    @staticmethod
+    def load_tokenizer(config: BackendConfig) -> None:
+        return None
 
     def generate(
         self,
@@ -75,26 +81,17 @@ class FakeStudent:
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.model.logits, -1)[query_ids[:, : rollouts.response_ids.shape[1]]]
 
-    def distribute(self, world: Any) -> None:
-        pass
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters())
 
-    def gradient_sync(self, enabled: bool) -> nullcontext:
-        return nullcontext()
+    def vocab_size(self) -> int:
+        return VOCAB
 
-    def unsharded(self) -> nullcontext:
-        return nullcontext()
-
-    def full_state(self) -> None:
+    def context_length(self) -> int | None:
         return None
 
     def save(self, directory: str, state: Any = None) -> None:
         torch.save(self.model.state_dict(), f"{directory}/policy.pt")
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return optimizer.state_dict()
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        optimizer.load_state_dict(state)
 
     def weights_updated(self) -> None:
         pass
@@ -137,6 +134,7 @@ def _monitored(
 class FakeTeacher:
     """Scores by the script: agreement before DRIFT_FROM, disjoint top-k after; NaN scores when ``broken``."""
 
+    Config: ClassVar[type[BackendConfig]] = BackendConfig
     broken: bool = False
     overlaps_generation: bool = False
     rescores_prefix: bool = False

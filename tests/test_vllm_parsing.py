@@ -56,5 +56,8 @@ def test_rollout_engines_validate_their_own_options():
     assert validate({}).student.vllm == {}  # transformers rollouts have no engine options
     with pytest.raises(ConfigError, match=r"unknown config key 'student.vllm.bogus'; allowed keys here: base_url"):
         validate({"student": {"rollout": "vllm-colocate", "vllm": {"bogus": 1}}})
-    with pytest.raises(BackendError, match=r"unknown rollout engine 'sglang': set student.rollout to 'vllm-colocate' or 'vllm-server', or"):
+    with pytest.raises(
+        BackendError,
+        match=r"unknown rollout engine 'sglang': set student.rollout to 'vllm-colocate' or",
+    ):
         validate({"student": {"rollout": "sglang"}})

@@ -30,6 +30,7 @@ class GenerationMonitor(Protocol):
         """Rows to stop now, each with the last position it keeps."""
 
 
+@runtime_checkable
 class Teacher(Protocol):
     """Scores responses: top-k and the log-probs of requested ids at every response position.
 
@@ -129,12 +130,16 @@ class RolloutEngine(Protocol):
         """Release the engine."""
 
 
+@runtime_checkable
 class Student(Protocol):
-    """Generates rollouts and gives differentiable log-probs of a trainable policy."""
+    """Generates rollouts and gives differentiable log-probs of a trainable policy.
+
+    Training on several processes is a capability of its own (:class:`DataParallel`); a student
+    without it trains in one process.
+    """
 
     Config: ClassVar[type[BackendConfig]]
     tokenizer: PreTrainedTokenizerBase
-    model: torch.nn.Module
     device: torch.device
 
     @staticmethod
@@ -156,6 +161,32 @@ class Student(Protocol):
     def logprobs(self, rollouts: Rollouts, query_ids: torch.Tensor) -> torch.Tensor:
         """``[B, T, Q]`` log-probs (temperature 1, with gradient) of ``query_ids`` at each position."""
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer updates (all weights, or the LoRA adapters)."""
+
+    def vocab_size(self) -> int:
+        """Rows of the output layer: the most candidates a top-k can hold."""
+
+    def context_length(self) -> int | None:
+        """Prompt plus response tokens the model takes, or None if it has no known limit."""
+
+    def save(self, directory: str, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the model (``state``, from :meth:`DataParallel.full_state`, when given) and tokenizer."""
+
+    def weights_updated(self) -> None:
+        """Called after each step's optimizer updates (rollout engines resynchronise here)."""
+
+    def close(self) -> None:
+        """Release models and processes."""
+
+
+@runtime_checkable
+class DataParallel(Protocol):
+    """A student that trains on several processes (torchrun): replicas or shards, and what checkpoints need.
+
+    Without it, :mod:`opdctl.training.parallel` stands in for one process.
+    """
+
     def distribute(self, world: World) -> None:
         """Train with the other processes of ``world`` (before the optimizer is built on the parameters)."""
 
@@ -168,17 +199,8 @@ class Student(Protocol):
     def full_state(self) -> dict[str, torch.Tensor] | None:
         """The whole weights on process 0 when sharded (every process calls it), else None."""
 
-    def save(self, directory: str, state: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the model (``state`` when given) and tokenizer in Hugging Face format."""
-
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimizer state process 0 writes (every process calls it)."""
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Restore an :meth:`optimizer_state` in every process."""
-
-    def weights_updated(self) -> None:
-        """Called after each step's optimizer updates (rollout engines resynchronise here)."""
-
-    def close(self) -> None:
-        """Release models and processes."""

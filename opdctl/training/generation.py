@@ -50,8 +50,7 @@ def truncates(config: Config, teacher: Teacher) -> bool:
     that re-scores the whole prefix at every check (vLLM), where scoring once after generation was measured
     cheaper (docs/benchmarks.md, "Truncation with a served teacher")."""
     rollout = config.rollout
-    rescores = getattr(teacher, "rescores_prefix", False)  # plugins written before the attribute do not
-    return rollout.truncate_on_drift and not (rescores and rollout.chunking == "auto")
+    return rollout.truncate_on_drift and not (teacher.rescores_prefix and rollout.chunking == "auto")
 
 
 def monitored(

@@ -72,10 +72,10 @@ def check_teacher(config: Config) -> dict[str, str]:
 
 def check_lengths(config: Config, student: Student, prompts: PromptSet) -> None:
     """Refuse settings the student cannot run: k beyond its vocabulary, prompts plus responses beyond its context."""
-    vocab = student.model.get_output_embeddings().weight.shape[0]
+    vocab = student.vocab_size()
     if config.loss.k > vocab:
         raise ConfigError(f"loss.k={config.loss.k} is larger than the student's vocabulary ({vocab} tokens): lower it")
-    context = getattr(student.model.config, "max_position_embeddings", None)
+    context = student.context_length()
     longest = max(map(len, prompts.ids))
     if context and longest + config.rollout.max_new_tokens > context:
         raise ConfigError(

@@ -41,6 +41,7 @@ from opdctl.runs.rundir import RunDir
 from opdctl.runs.trackers import Trackers
 from opdctl.training.generation import generate_and_score, now
 from opdctl.training.outcome import StepOutcome, summarize_run
+from opdctl.training.parallel import data_parallel
 from opdctl.training.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.training.traces import trace_tables
 from opdctl.training.update import LossTargets, Update, Updater
@@ -68,9 +69,10 @@ class Trainer:
                 f"optim.updates_per_step={config.optim.updates_per_step}: each process holds {end - start} rollouts "
                 "of a step, fewer than its updates: lower it or raise optim.prompts_per_step"
             )
-        student.distribute(self.world)
+        self.parallel = data_parallel(student)
+        self.parallel.distribute(self.world)
         self.sampler = PromptSampler(len(prompts), config.seed)
-        self.updater = Updater(config, student, self.world)
+        self.updater = Updater(config, student, self.parallel, self.world)
         self.state = TrainerState(budget=BudgetState(current_len=config.budget.init_len))
         self.limits = BudgetLimits(
             min_len=config.budget.min_len,
@@ -87,13 +89,13 @@ class Trainer:
     def restore(self, checkpoint: Path) -> None:
         """Continue from a checkpoint written by :meth:`save` (model weights were loaded by the backend)."""
         optimizer = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        self.student.load_optimizer_state(self.updater.optimizer, optimizer)
+        self.parallel.load_optimizer_state(self.updater.optimizer, optimizer)
         self.state = TrainerState.restore(checkpoint, self.updater.scheduler)
         self.updater.reapply_config()  # a resume may have changed optim.lr, betas or weight decay
 
     def save(self) -> Path | None:
         """Process 0 writes a checkpoint; every process takes part in gathering sharded weights."""
-        weights, optimizer = self.student.full_state(), self.student.optimizer_state(self.updater.optimizer)
+        weights, optimizer = self.parallel.full_state(), self.parallel.optimizer_state(self.updater.optimizer)
 
         def write(directory: Path) -> None:
             self.student.save(str(directory), weights)
@@ -313,7 +315,7 @@ class Trainer:
         """
         if not self.benchmarks:
             return
-        with self.student.unsharded():
+        with self.parallel.unsharded():
             if self.world.main:
                 evaluate_in_training(
                     self.config, self.run, self.student, self.teacher, self.benchmarks, self.state.step, when

@@ -17,7 +17,7 @@ import torch
 from opdctl.algorithm.batching import length_groups, split_to
 from opdctl.algorithm.losses import advantage_sum, opd_loss
 from opdctl.algorithm.schedules import lr_scheduler
-from opdctl.backends.protocols import Student
+from opdctl.backends.protocols import DataParallel, Student
 from opdctl.backends.types import QueryLayout, Rollouts, TeacherScores
 from opdctl.config.schema import Config
 from opdctl.distributed import World
@@ -67,11 +67,11 @@ class Update:
 class Updater:
     """The student's AdamW optimizer and learning-rate schedule, and one update with them."""
 
-    def __init__(self, config: Config, student: Student, world: World) -> None:
-        self.config, self.student, self.world = config, student, world
-        params = [p for p in student.model.parameters() if p.requires_grad]
+    def __init__(self, config: Config, student: Student, parallel: DataParallel, world: World) -> None:
+        self.config, self.student, self.parallel, self.world = config, student, parallel, world
+        self.params = student.trainable_parameters()
         o = config.optim
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         updates = o.updates_per_step  # the schedule moves at every update; steps and warm-up count steps
         self.scheduler = lr_scheduler(self.optimizer, o.lr_schedule, o.warmup_steps * updates, o.steps * updates)
 
@@ -123,7 +123,7 @@ class Updater:
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
             target = targets.select(rows, width)
-            with self.student.gradient_sync(number == len(groups) - 1):
+            with self.parallel.gradient_sync(number == len(groups) - 1):
                 student_lp = self.student.logprobs(part, query_ids[rows, :width])
                 loss = opd_loss(
                     cfg,
@@ -139,7 +139,7 @@ class Updater:
             total_loss += loss.item()
             sampled_lp[rows, :width] = QueryLayout.sampled(student_lp).detach().float().cpu()
         total_loss = world.sum(total_loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.model.parameters(), cfg.optim.grad_clip or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip or math.inf)
         finite = math.isfinite(total_loss) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()

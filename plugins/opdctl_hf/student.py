@@ -224,6 +224,12 @@ class HFStudent:
             forward = self.replicas if self.replicas is not None else self.policy
             return forward(p.input_ids, p.attention_mask, p.position_ids, p.prompt_width, mask, query)
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
     def context_length(self) -> int | None:
         """Prompt plus response tokens the model takes (used to cap evaluation lengths)."""
         return context_length(self.model)
