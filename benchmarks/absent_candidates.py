@@ -18,7 +18,7 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 # isort: split
 import torch
 
-from opdctl.algorithm.losses import opd_loss
+from opdctl.algorithm.losses import LossTargets, opd_loss
 from opdctl.backends.types import Sampling
 from opdctl.config.files import validate
 from opdctl.data.demo_task import held_out
@@ -32,7 +32,8 @@ def loss_and_grad(student, rollouts, query, scores, absent: str, k: int) -> tupl
     student.model.zero_grad(set_to_none=True)
     student_lp = student.logprobs(rollouts, query)
     mask = rollouts.mask.float()
-    loss = opd_loss(config, student_lp, scores.query_logprobs, mask, int(mask.sum()), scores.query_exact)
+    targets = LossTargets(scores.query_logprobs, mask, int(mask.sum()), scores.query_exact)
+    loss = opd_loss(config, student_lp, targets)
     loss.backward()
     grad = torch.cat([p.grad.flatten() for p in student.model.parameters() if p.grad is not None])
     return loss.item(), grad

@@ -73,8 +73,7 @@ def profile(name: str, args: argparse.Namespace, workdir: Path) -> None:
         profiler = cProfile.Profile(time.process_time)  # CPU seconds: robust to a shared machine
         for _ in range(args.steps):
             profiler.enable()
-            record = trainer.train_step()
-            trainer.run.append_metrics(record)
+            trainer.record(*trainer.train_step())
             profiler.disable()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats = pstats.Stats(profiler)

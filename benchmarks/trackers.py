@@ -17,22 +17,39 @@ import tempfile
 import time
 from pathlib import Path
 
-from opdctl.runs.rundir import RunDir
+import numpy as np
+import pyarrow.parquet as pq
+
+from opdctl.runs.rundir import RunDir, step_name
 from opdctl.runs.trackers import Trackers
 
 
+def traced_histograms(run: RunDir, step: int) -> dict[str, np.ndarray]:
+    path = run.traces_path / "tokens" / f"{step_name(step)}.parquet"
+    if not path.is_file():
+        return {}
+    table = pq.read_table(path, columns=["position", "weight", "overlap", "bad"])
+    bad = table["bad"].to_numpy(zero_copy_only=False)
+    return {
+        "drift/weight": table["weight"].to_numpy(),
+        "drift/overlap": table["overlap"].to_numpy(),
+        "drift/bad_event_position": table["position"].to_numpy()[bad],
+    }
+
+
 def measure(name: str, source: RunDir, scratch: Path) -> dict[str, float]:
-    """Copy the run's traces into a fresh run directory, then send it every record through one tracker."""
+    """Send every record of ``source`` through one tracker, in a fresh run directory, with the traced steps'
+    drift histograms (the trainer sends the whole step's, from memory)."""
     run = RunDir.create(scratch / name, source.config_path.read_text())
-    shutil.copytree(source.traces_path, run.traces_path)
     records = source.read_metrics()
+    histograms = {r["step"]: traced_histograms(source, r["step"]) for r in records if "eval" not in r}
     started = time.perf_counter()
     trackers = Trackers.open([name], run, "opdctl-benchmark", {"seed": 0}, [])
     opened = time.perf_counter()
     seconds = []
     for record in records:
         t0 = time.perf_counter()
-        trackers.log(record)
+        trackers.log(record, histograms.get(record["step"]) if "eval" not in record else None)
         seconds.append(time.perf_counter() - t0)
     t1 = time.perf_counter()
     trackers.close()

@@ -57,7 +57,7 @@ def effective(prompt: int, kept: int) -> int:
 
 def test_a_step_weights_tokens_by_the_teachers_agreement(tmp_path):
     trainer = make_trainer(tmp_path)
-    record = trainer.train_step()
+    record = trainer.train_step()[0]
     traces = rollout_traces(trainer)
     assert len(traces) == len(LENGTHS)
     for row in traces.itertuples():
@@ -86,7 +86,7 @@ def test_updates_move_the_student_towards_the_teacher_on_its_candidates(tmp_path
 def test_micro_batches_give_the_update_of_one_batch(tmp_path):
     whole = make_trainer(tmp_path / "a")
     split = make_trainer(tmp_path / "b", optim={"grad_accum": 3})
-    a, b = whole.train_step(), split.train_step()
+    a, b = whole.train_step()[0], split.train_step()[0]
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert torch.allclose(whole.student.model.logits, split.student.model.logits, atol=1e-7)
 
@@ -95,12 +95,12 @@ def test_a_non_finite_step_is_skipped_and_a_streak_stops_the_run(tmp_path):
     teacher = FakeTeacher(broken=True)
     trainer = make_trainer(tmp_path, teacher, optim={"max_nonfinite_steps": 2})
     before = trainer.student.model.logits.detach().clone()
-    record = trainer.train_step()
+    record = trainer.train_step()[0]
     assert record["skipped"] and trainer.state.nonfinite_streak == 1
     assert torch.equal(trainer.student.model.logits, before)  # no optimizer step
     assert trainer.updater.scheduler.last_epoch == 0  # nor a learning-rate step
     teacher.broken = False
-    assert not trainer.train_step()["skipped"] and trainer.state.nonfinite_streak == 0
+    assert not trainer.train_step()[0]["skipped"] and trainer.state.nonfinite_streak == 0
     teacher.broken = True
     trainer.train_step()
     with pytest.raises(RunError, match=r"2 updates in a row had a non-finite loss or gradient: .*--resume"):
@@ -109,28 +109,28 @@ def test_a_non_finite_step_is_skipped_and_a_streak_stops_the_run(tmp_path):
 
 def test_the_budget_shrinks_on_a_miss_and_the_next_step_generates_under_it(tmp_path):
     trainer = make_trainer(tmp_path, budget={"shrink_patience": 1})
-    first = trainer.train_step()  # the longest effective length is 7, below the boundary of 10
+    first = trainer.train_step()[0]  # the longest effective length is 7, below the boundary of 10
     assert (first["max_len"], first["next_max_len"], first["hit_ratio"]) == (10, 8, 0.0)
-    second = trainer.train_step()
+    second = trainer.train_step()[0]
     assert second["max_len"] == 8 and trainer.student.limits == [10, 8]
 
 
 def test_the_budget_grows_when_enough_rollouts_reach_its_edge(tmp_path):
     trainer = make_trainer(tmp_path, budget={"init_len": 4, "hit_ratio": 0.5})  # 2 of 4 keep 4 reliable tokens
-    record = trainer.train_step()
+    record = trainer.train_step()[0]
     assert (record["max_len"], record["next_max_len"], record["hit_ratio"]) == (4, 6, 0.5)
 
 
 def test_without_the_budget_every_step_generates_up_to_the_hard_limit(tmp_path):
     trainer = make_trainer(tmp_path, budget={"enable": False})
-    records = [trainer.train_step() for _ in range(2)]
+    records = [trainer.train_step()[0] for _ in range(2)]
     assert trainer.student.limits == [12, 12]
     assert all(r["next_max_len"] == 12 and r["hit_ratio"] is None for r in records)
 
 
 def test_truncation_stops_drifted_rollouts_and_counts_what_was_not_generated(tmp_path):
     trainer = make_trainer(tmp_path, rollout={"truncate_on_drift": True, "chunk_tokens": 2})
-    record = trainer.train_step()
+    record = trainer.train_step()[0]
     traces = rollout_traces(trainer)
     for row in traces.itertuples():
         prompt = row.prompt_ids[0]
@@ -156,7 +156,7 @@ def test_every_generation_strategy_gives_the_same_step_when_nothing_is_cut(tmp_p
     else:
         other = make_trainer(tmp_path / strategy, rollout={"truncate_on_drift": True, "chunk_tokens": 3}, **settings)
     for _ in range(2):
-        a, b = reference.train_step(), other.train_step()
+        a, b = reference.train_step()[0], other.train_step()[0]
         assert {k: v for k, v in a.items() if k not in COSTS} == {k: v for k, v in b.items() if k not in COSTS}
         assert a["drift_checks"] == 0 and (b["drift_checks"] > 0) == (strategy == "truncated")
     if strategy == "overlapped":

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -69,27 +69,38 @@ def test_records_become_series_with_their_own_names():
 # resume, with TensorBoard's event files -------------------------------------------
 
 
-def fake_step(run: RunDir, step: int) -> dict:
-    tokens = pa.table({"position": [0, 1, 2], "weight": [1.0, 0.9, 0.8], "overlap": [1.0, 0.5, 0.5],
-                       "bad": [False, True, True]})  # fmt: skip
-    run.write_traces(step, tokens, pa.table({"rollout": [0]}))
+HISTOGRAMS = {
+    "drift/weight": np.array([1.0, 0.9, 0.8]),
+    "drift/overlap": np.array([1.0, 0.5, 0.5]),
+    "drift/bad_event_position": np.array([1, 2]),
+}
+
+
+def record(run: RunDir, trackers: Trackers, values: dict, histograms: dict | None = None) -> None:
+    """What the trainer does with a record: metrics.jsonl first, then the trackers."""
+    run.append_metrics(values)
+    trackers.log(values, histograms)
+
+
+def fake_step(step: int) -> dict:
     return {"step": step, "loss": float(step), "weight": 0.9}
 
 
 def test_a_resumed_run_continues_its_tracker_run_without_duplicated_steps(tmp_path):
     run = RunDir.create(tmp_path / "run", "seed: 0\n")
     config = {"seed": 0, "prune": {"threshold": 0.7}}
-    with Trackers.open(["tensorboard"], run, "opdctl", config, []):
+    evaluation = {"step": 3, "eval": "synthetic", "when": "during", "accuracy": 0.5}
+    with Trackers.open(["tensorboard"], run, "opdctl", config, []) as trackers:
         for step in (1, 2, 3):
-            run.append_metrics(fake_step(run, step))
-        run.append_metrics({"step": 3, "eval": "synthetic", "when": "during", "accuracy": 0.5})
+            record(run, trackers, fake_step(step), HISTOGRAMS)
+        record(run, trackers, evaluation)
     # a crash after step 3, the newest checkpoint at step 2: resume rewinds, then redoes steps 3 and 4
     sent = run.read_metrics()
     run.rewind(2)
-    with Trackers.open(["tensorboard"], run, "opdctl", config, sent):
+    with Trackers.open(["tensorboard"], run, "opdctl", config, sent) as trackers:
         for step in (3, 4):
-            run.append_metrics(fake_step(run, step))
-        run.append_metrics({"step": 3, "eval": "synthetic", "when": "during", "accuracy": 0.5})
+            record(run, trackers, fake_step(step), HISTOGRAMS)
+        record(run, trackers, evaluation)
     assert json.loads((run.path / "trackers.json").read_text()) == {"tensorboard": {}}
     series = tensorboard_scalars(run.path)
     assert series["loss"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
@@ -101,10 +112,12 @@ def test_a_resumed_run_continues_its_tracker_run_without_duplicated_steps(tmp_pa
 def test_a_tracker_added_on_resume_gets_the_run_so_far(tmp_path):
     run = RunDir.create(tmp_path / "run", "seed: 0\n")
     for step in (1, 2):
-        run.append_metrics(fake_step(run, step))
-    with Trackers.open(["tensorboard"], run, "opdctl", {"seed": 0}, run.read_metrics()):
-        run.append_metrics(fake_step(run, 3))
-    assert tensorboard_scalars(run.path)["loss"] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+        run.append_metrics(fake_step(step))
+    with Trackers.open(["tensorboard"], run, "opdctl", {"seed": 0}, run.read_metrics()) as trackers:
+        record(run, trackers, fake_step(3), HISTOGRAMS)
+    series = tensorboard_scalars(run.path)
+    assert series["loss"] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert [step for step, _ in series["drift/weight"]] == [3]  # earlier steps' histograms were in memory only
 
 
 # a real run to all four trackers, offline, then resumed ------------------------------

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from opdctl.algorithm.drift import measure_drift
-from opdctl.algorithm.losses import opd_loss
+from opdctl.algorithm.losses import LossTargets, opd_loss
 from opdctl.analysis import RunTraces, summarize
 from opdctl.backends.types import GeneratedChunk, Rollouts, Sampling
 from opdctl.cli import app
@@ -87,8 +87,8 @@ def test_kept_tokens_match_full_generation_and_scoring_cut_at_the_same_point(tin
         lp_a = student.logprobs(truncated, truncated.query_ids())
         lp_b = student.logprobs(reference, reference.query_ids())
     n = int(mask.sum())
-    loss_a = opd_loss(config, lp_a, streamed.query_logprobs, a.weights.loss_weight, n)
-    loss_b = opd_loss(config, lp_b, full_scores.query_logprobs[:, :width], b.weights.loss_weight, n)
+    loss_a = opd_loss(config, lp_a, LossTargets(streamed.query_logprobs, a.weights.loss_weight, n))
+    loss_b = opd_loss(config, lp_b, LossTargets(full_scores.query_logprobs[:, :width], b.weights.loss_weight, n))
     assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-5, abs=1e-6)
 
 

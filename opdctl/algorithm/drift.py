@@ -12,7 +12,7 @@ over a :class:`DriftView`, and a position is a bad event when its value is below
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -186,34 +186,26 @@ def weighted_overlap_metric(view: DriftView, threshold: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Judgement:
-    """The configured metric's value, bad events and weights at each position of a view."""
+    """What the drift monitor concludes at each position of a batch: the configured metric's value, bad events
+    and weights, and the paper's overlap ratio o_t (logged and traced whatever the metric)."""
 
     signal: torch.Tensor  # [B, T], 0 on padding
     bad: torch.Tensor  # [B, T] bool
     weights: Weights
+    overlap: torch.Tensor  # [B, T], 0 on padding
 
 
 def judge(view: DriftView, mask: torch.Tensor, prune: PruneConfig, earlier: torch.Tensor | None = None) -> Judgement:
     """Signal, bad events and reliability weights; ``earlier`` counts each row's bad events before the view."""
     signal = DRIFT_METRICS.get(prune.metric)(view, prune.threshold)
     bad = bad_events(signal, mask, prune.threshold)
-    return Judgement(signal * mask, bad, reliability_weights(bad, mask, prune.w_drop, prune.w_base, earlier))
+    weights = reliability_weights(bad, mask, prune.w_drop, prune.w_base, earlier)
+    return Judgement(signal * mask, bad, weights, overlap_ratio(view.student_topk, view.teacher_topk) * mask)
 
 
-@dataclass
-class StepDrift:
-    """What the drift monitor concluded about one batch."""
-
-    overlap: torch.Tensor  # o_t, the paper's overlap ratio (logged whatever the metric)
-    signal: torch.Tensor  # the configured metric's value
-    bad: torch.Tensor
-    weights: Weights
-
-
-def measure_drift(config: Config, rollouts: Rollouts, scores: TeacherScores) -> StepDrift:
+def measure_drift(config: Config, rollouts: Rollouts, scores: TeacherScores) -> Judgement:
     """Overlap, bad events and weights of a scored batch (plain OPD keeps every weight at 1)."""
     mask = rollouts.mask
     view = DriftView.of(rollouts.topk_ids, rollouts.topk_logprobs, rollouts.response_ids, scores, config.prune_k)
     judged = judge(view, mask, config.prune)
-    weights = judged.weights if config.prune.enable else uniform_weights(mask)
-    return StepDrift(overlap_ratio(view.student_topk, view.teacher_topk) * mask, judged.signal, judged.bad, weights)
+    return judged if config.prune.enable else replace(judged, weights=uniform_weights(mask))

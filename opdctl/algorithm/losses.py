@@ -7,13 +7,14 @@ micro-batches gives the same gradient as one large batch). Advantages are
 constants: the gradient flows through the student's log-probs only.
 
 Estimators are registered in :data:`opdctl.plugins.LOSS_ESTIMATORS`: each is a
-function ``(inputs, config) -> loss`` over :class:`LossInputs` and the ``loss``
-config section; :func:`opd_loss` applies the configured one.
+function ``(student, targets, config) -> loss`` of the student's log-probs in the query
+layout, the :class:`LossTargets` they are compared with, and the ``loss`` config
+section; :func:`opd_loss` applies the configured one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -110,55 +111,67 @@ def sampled_reverse_kl(
 
 
 @dataclass(frozen=True)
-class LossInputs:
-    """What an estimator sees of a micro-batch: log-probs over the :class:`QueryLayout` and the weights m_t."""
+class LossTargets:
+    """What the student's log-probs are compared with, built once per step and cut to each micro-batch."""
 
-    student: torch.Tensor  # [B, T, k+1] with gradient
-    teacher: torch.Tensor  # [B, T, k+1]
+    teacher: torch.Tensor  # [B, T, k+1] the teacher's log-probs in the query layout
     loss_weight: torch.Tensor  # [B, T] m_t, 0 on padding
-    num_tokens: int  # valid tokens in the whole optimizer step
+    num_tokens: int  # valid tokens in the whole optimizer step (all processes)
     teacher_exact: torch.Tensor | None = None  # [B, T, k+1] bool: which teacher values are exact (served teachers)
     mean_advantage: float = 0.0  # the step's mean k1 advantage, all processes (:func:`advantage_sum`)
     behaviour: torch.Tensor | None = None  # [B, T] sampled tokens' log-probs when drawn by earlier weights
 
+    def select(self, rows: list[int], width: int | None = None) -> LossTargets:
+        """The targets of ``rows``, cut to their first ``width`` positions (all without it)."""
+
+        def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return tensor[rows, :width] if tensor is not None else None
+
+        return replace(
+            self,
+            teacher=cut(self.teacher),
+            loss_weight=cut(self.loss_weight),
+            teacher_exact=cut(self.teacher_exact),
+            behaviour=cut(self.behaviour),
+        )
+
 
 @LOSS_ESTIMATORS.register("topk")
-def topk_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
+def topk_estimator(student: torch.Tensor, targets: LossTargets, config: LossConfig) -> torch.Tensor:
     """Reverse KL over the student's top-k S_t with candidate weights loss.weighting (the paper's)."""
     candidates = None
-    if inputs.teacher_exact is not None and config.absent_candidates == "drop":
-        candidates = QueryLayout.candidates(inputs.teacher_exact)
-    student, teacher = QueryLayout.candidates(inputs.student), QueryLayout.candidates(inputs.teacher)
+    if targets.teacher_exact is not None and config.absent_candidates == "drop":
+        candidates = QueryLayout.candidates(targets.teacher_exact)
     return topk_reverse_kl(
-        student, teacher, inputs.loss_weight, inputs.num_tokens, config.weighting, candidates, config.renormalize
+        QueryLayout.candidates(student),
+        QueryLayout.candidates(targets.teacher),
+        targets.loss_weight,
+        targets.num_tokens,
+        config.weighting,
+        candidates,
+        config.renormalize,
     )
 
 
 @LOSS_ESTIMATORS.register("sampled")
-def sampled_estimator(inputs: LossInputs, config: LossConfig) -> torch.Tensor:
+def sampled_estimator(student: torch.Tensor, targets: LossTargets, config: LossConfig) -> torch.Tensor:
     """k1 on y_t alone (needs only its teacher log-prob); noisier than topk, best at optim.updates_per_step=1.
 
     With loss.baseline=mean the step's mean advantage is subtracted. Why it trails topk: docs/benchmarks.md."""
-    student, teacher = QueryLayout.sampled(inputs.student), QueryLayout.sampled(inputs.teacher)
-    baseline = inputs.mean_advantage if config.baseline == "mean" else 0.0
-    return sampled_reverse_kl(student, teacher, inputs.loss_weight, inputs.num_tokens, baseline, inputs.behaviour)
+    baseline = targets.mean_advantage if config.baseline == "mean" else 0.0
+    return sampled_reverse_kl(
+        QueryLayout.sampled(student),
+        QueryLayout.sampled(targets.teacher),
+        targets.loss_weight,
+        targets.num_tokens,
+        baseline,
+        targets.behaviour,
+    )
 
 
-def opd_loss(
-    config: Config,
-    student_lp: torch.Tensor,
-    teacher_lp: torch.Tensor,
-    loss_weight: torch.Tensor,
-    num_tokens: int,
-    teacher_exact: torch.Tensor | None = None,
-    mean_advantage: float = 0.0,
-    behaviour: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The configured estimator on ``[B, T, k+1]`` log-probs in the query layout; ``mean_advantage`` is the
-    step's (see :meth:`opdctl.training.update.Updater.mean_advantage`), ``behaviour`` the sampled tokens' log-probs
-    under the weights that drew them, when the student has been updated since (``optim.updates_per_step``)."""
-    inputs = LossInputs(student_lp, teacher_lp, loss_weight, num_tokens, teacher_exact, mean_advantage, behaviour)
-    return LOSS_ESTIMATORS.get(config.loss.estimator)(inputs, config.loss)
+def opd_loss(config: Config, student: torch.Tensor, targets: LossTargets) -> torch.Tensor:
+    """The configured estimator on the student's ``[B, T, k+1]`` log-probs in the query layout."""
+    return LOSS_ESTIMATORS.get(config.loss.estimator)(student, targets, config.loss)
 
 
 def advantage_sum(

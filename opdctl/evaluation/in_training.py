@@ -6,6 +6,7 @@ Scores are appended to the run's metrics.jsonl as records with an ``eval`` key.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from opdctl.backends.protocols import Generator, Student, Teacher
@@ -24,12 +25,19 @@ def token_limit(config: Config) -> int:
 
 
 def evaluate_in_training(
-    config: Config, run: RunDir, student: Student, teacher: Teacher, benchmarks: list[Benchmark], step: int, when: str
+    config: Config,
+    run: RunDir,
+    student: Student,
+    teacher: Teacher,
+    benchmarks: list[Benchmark],
+    step: int,
+    when: str,
+    record: Callable[[dict[str, Any]], None],
 ) -> None:
     """Score the student (and once, if asked, the teacher) on ``eval.bench``, with the student's held-out
-    reverse KL to the teacher if ``eval.reverse_kl``; log to metrics.jsonl.
+    reverse KL to the teacher if ``eval.reverse_kl``; ``record`` each score (the trainer's metrics path).
 
-    A score already logged for this step (a resumed run's) is not computed again."""
+    A score already in the run's metrics for this step (a resumed run's) is not computed again."""
     cfg = config.eval
     models: list[tuple[str, Any]] = [(when, student)]
     if cfg.teacher and when == "before" and isinstance(teacher, Generator):
@@ -45,14 +53,14 @@ def evaluate_in_training(
                 score = evaluate(
                     model, student.tokenizer, benchmark, settings, grader, batch_size=256, pass_k=cfg.pass_k
                 )
-                record = {"step": step, "eval": benchmark.name, "when": label, **score.to_dict()}
+                values = {"step": step, "eval": benchmark.name, "when": label, **score.to_dict()}
                 who = "teacher" if label == "teacher" else f"student ({label})"
                 message = f"{benchmark.name}: {who} accuracy {score.accuracy:.1%}"
                 if cfg.reverse_kl and model is student:
                     kl, tokens = held_out_reverse_kl(
                         student, teacher, student.tokenizer, benchmark, limit, config.seed, config.data.chat_template
                     )
-                    record.update(reverse_kl=kl, reverse_kl_tokens=tokens)
+                    values.update(reverse_kl=kl, reverse_kl_tokens=tokens)
                     message += f", reverse KL to the teacher {kl:.3f}"
-                run.append_metrics(record)
+                record(values)
                 reporter().message(f"{message} at step {step}")

@@ -60,7 +60,6 @@ class RunDir:
         self.changes_path = self.path / "changes.jsonl"
         self.lock = DirLock(self.path)
         self._created = False
-        self.on_metrics: list[Callable[[dict[str, Any]], None]] = []  # told of every record appended
 
     @staticmethod
     def refuse_existing(path: Path) -> None:
@@ -130,10 +129,8 @@ class RunDir:
     # metrics ---------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line, make it durable, then pass the record on (to experiment trackers)."""
+        """Append one JSON line and make it durable."""
         append_line(self.metrics_path, json.dumps(record))
-        for listener in self.on_metrics:
-            listener(record)
 
     def scan_metrics(self) -> MetricsScan:
         """metrics.jsonl's records, one per step (and per evaluation of a step), and its damaged lines."""

@@ -11,7 +11,6 @@ No partial batch is ever used: every strategy returns the whole batch's scores.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -20,15 +19,17 @@ from opdctl.backends.protocols import OverlappedScoring, Student, Teacher
 from opdctl.backends.types import Rollouts, Sampling, TeacherScores
 from opdctl.config.schema import Config
 from opdctl.training.monitor import DriftMonitor
+from opdctl.training.timing import now
 
 
 @dataclass
 class Generation:
-    """One step's rollouts, their teacher scores, when generation ended, and what it cost."""
+    """One step's rollouts, their teacher scores, and what they cost."""
 
     rollouts: Rollouts
     scores: TeacherScores
-    ended_at: float  # time.perf_counter() when the last rollout was generated
+    generate_seconds: float  # until the last rollout was generated (scoring that overlapped it included)
+    score_seconds: float  # scoring after that
     token_counts: torch.Tensor  # [B] tokens generated (and scored) per rollout, cut tails included
     monitor_seconds: float = 0.0  # the drift monitor's own time during generation
     drift_checks: int = 0  # chunks the drift monitor had the teacher score (0 without truncation)
@@ -57,22 +58,27 @@ def monitored(
     config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
 ) -> Generation:
     """Score while generating; stop rollouts whose weight can no longer matter."""
+    started = now(student.device)
     monitor = DriftMonitor(config, teacher.stream(prompts), len(prompts), sampling.max_new_tokens, config.loss.k + 1)
     try:
         rollouts = student.generate(prompts, sampling, monitor=monitor)
     finally:
         monitor.close()
+    generated = now(student.device)
     scores = monitor.scores(rollouts.response_ids.shape[1])
-    return Generation(rollouts, scores, now(student.device), monitor.scored, monitor.seconds, monitor.checks)
+    seconds = (generated - started, now(student.device) - generated)
+    return Generation(rollouts, scores, *seconds, monitor.scored, monitor.seconds, monitor.checks)
 
 
 def sequential(
     config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
 ) -> Generation:
     """Generate the whole batch, then score it."""
+    started = now(student.device)
     rollouts = student.generate(prompts, sampling)
-    ended = now(student.device)
-    return Generation(rollouts, teacher.score(rollouts, rollouts.query_ids(), config.prune_k), ended, rollouts.lengths)
+    generated = now(student.device)
+    scores = teacher.score(rollouts, rollouts.query_ids(), config.prune_k)
+    return Generation(rollouts, scores, generated - started, now(student.device) - generated, rollouts.lengths)
 
 
 def overlapped(
@@ -84,15 +90,9 @@ def overlapped(
     def submit(rows: list[int], part: Rollouts) -> None:
         pending.append((rows, teacher.submit(part, part.query_ids(), config.prune_k)))
 
+    started = now(student.device)
     rollouts = student.generate(prompts, sampling, on_finished=submit)
-    ended = now(student.device)
+    generated = now(student.device)
     parts = [(rows, scores.result()) for rows, scores in pending]
     scores = TeacherScores.assemble(parts, len(rollouts), rollouts.response_ids.shape[1])
-    return Generation(rollouts, scores, ended, rollouts.lengths)
-
-
-def now(device: torch.device) -> float:
-    """``time.perf_counter()`` once the device's queued work is done."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+    return Generation(rollouts, scores, generated - started, now(student.device) - generated, rollouts.lengths)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 
-from opdctl.algorithm.drift import StepDrift, first_bad_position
+from opdctl.algorithm.drift import Judgement, first_bad_position
 from opdctl.algorithm.losses import reverse_kl_estimate
 from opdctl.backends.types import FINISH_REASONS, QueryLayout, Rollouts, TeacherScores
 
@@ -44,7 +45,7 @@ class StepOutcome:
         cls,
         rollouts: Rollouts,
         scores: TeacherScores,
-        measured: StepDrift,
+        measured: Judgement,
         student_logprob: torch.Tensor,
         generated: torch.Tensor,
     ) -> StepOutcome:
@@ -66,6 +67,16 @@ class StepOutcome:
             teacher_top1=scores.topk_ids[..., 0].cpu(),
             student_top1=rollouts.topk_ids[..., 0].cpu(),
         )
+
+    def histograms(self) -> dict[str, np.ndarray]:
+        """The step's weights and overlaps over valid tokens, and the positions of its bad events (trackers)."""
+        mask = torch.arange(self.response_ids.shape[1]).unsqueeze(0) < self.lengths.unsqueeze(1)
+        positions = torch.arange(self.response_ids.shape[1]).expand_as(mask)
+        return {
+            "drift/weight": self.weight[mask].float().numpy(),
+            "drift/overlap": self.overlap[mask].float().numpy(),
+            "drift/bad_event_position": positions[self.bad & mask].numpy(),
+        }
 
     @classmethod
     def join(cls, parts: list[StepOutcome]) -> StepOutcome:

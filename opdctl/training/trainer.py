@@ -23,11 +23,10 @@ from typing import Any
 import torch
 
 from opdctl import threads
-from opdctl.algorithm.batching import mini_batches
 from opdctl.algorithm.budget import BudgetLimits, BudgetState, update_budget
 from opdctl.algorithm.drift import measure_drift
 from opdctl.backends.protocols import Student, Teacher
-from opdctl.backends.types import Rollouts, Sampling, TeacherScores
+from opdctl.backends.types import Sampling
 from opdctl.config.schema import Config
 from opdctl.data.benchmarks import Benchmark
 from opdctl.data.prompts import PromptSampler, PromptSet
@@ -39,12 +38,13 @@ from opdctl.runs.checkpoint import CONFIG_FILE, OPTIMIZER_FILE, TrainerState
 from opdctl.runs.files import write_failure
 from opdctl.runs.rundir import RunDir
 from opdctl.runs.trackers import Trackers
-from opdctl.training.generation import generate_and_score, now
+from opdctl.training.generation import generate_and_score
 from opdctl.training.outcome import StepOutcome, summarize_run
 from opdctl.training.parallel import data_parallel
 from opdctl.training.stopping import Stopped, StopRequest, stop_on_signals
+from opdctl.training.timing import timed
 from opdctl.training.traces import trace_tables
-from opdctl.training.update import LossTargets, Update, Updater
+from opdctl.training.update import Updater
 
 
 class Trainer:
@@ -140,15 +140,16 @@ class Trainer:
                     raise self._stop(stop)
                 started, cpu = time.perf_counter(), time.process_time()
                 try:
-                    record = self.train_step()
+                    done = self.train_step()
                 except BackendError as exc:
                     raise self._interrupted(exc) from exc
                 state.elapsed += time.perf_counter() - started
                 state.cpu += time.process_time() - cpu
-                if record is not None:
+                if done is not None:
+                    record, outcome = done
                     record["elapsed_seconds"] = round(state.elapsed, 3)
                     record["cpu_seconds"] = round(state.cpu, 3)
-                    self.run.append_metrics(record)
+                    self.record(record, outcome)
                     advance(**_progress_fields(record))
                 if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < cfg.optim.steps:
                     self.evaluate("during")
@@ -181,8 +182,15 @@ class Trainer:
             signal.SIGINT,
         )
 
-    def train_step(self) -> dict[str, Any] | None:
-        """One Prune-OPD step over this process's share of the batch; process 0 returns the step's record."""
+    def record(self, record: dict[str, Any], outcome: StepOutcome | None = None) -> None:
+        """Process 0's metrics path: the record to metrics.jsonl (durable first), then to the experiment trackers
+        with the step's drift histograms, from ``outcome`` in memory."""
+        self.run.append_metrics(record)
+        self.trackers.log(record, outcome.histograms() if outcome is not None and self.trackers.histograms else None)
+
+    def train_step(self) -> tuple[dict[str, Any], StepOutcome] | None:
+        """One Prune-OPD step over this process's share of the batch; process 0 returns the step's record and
+        the outcome of the whole batch."""
         cfg, step, world = self.config, self.state.step, self.world
         indices = self.sampler.indices(step, cfg.optim.prompts_per_step)
         prompts = [self.prompts.ids[i] for i in indices for _ in range(cfg.rollout.n)]
@@ -197,17 +205,15 @@ class Trainer:
             row_offset=start,
         )
 
-        t0 = now(self.student.device)
         gen = generate_and_score(cfg, self.student, self.teacher, prompts[start:end], sampling)
-        rollouts, scores, t1 = gen.rollouts, gen.scores, gen.ended_at
-        t2 = now(self.student.device)
-        measured = measure_drift(cfg, rollouts, scores)
-        drift_seconds = time.perf_counter() - t2 + gen.monitor_seconds
-        update = self.update(rollouts, rollouts.query_ids(), scores, measured.weights.loss_weight)
-        t3 = now(self.student.device)
+        rollouts, scores = gen.rollouts, gen.scores
+        seconds = {"generate": gen.generate_seconds, "score": gen.score_seconds, "drift": gen.monitor_seconds}
+        with timed("drift", seconds, self.student.device):
+            measured = measure_drift(cfg, rollouts, scores)
+        with timed("update", seconds, self.student.device):
+            update = self.updater.step(rollouts, scores, measured.weights.loss_weight, self._count_nonfinite)
 
         local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.token_counts)
-        seconds = {"generate": t1 - t0, "score": t2 - t1, "update": t3 - t2, "drift": drift_seconds}
         collected = world.collect((local, seconds, gen.drift_checks))
         outcome = StepOutcome.join([o for o, _, _ in collected])
         slowest = {key: max(t[key] for _, t, _ in collected) for key in seconds}
@@ -234,7 +240,7 @@ class Trainer:
         if self._traced(step + 1):
             self.run.write_traces(step + 1, *trace_tables(step + 1, indices, cfg, outcome, max_len))
         self._check_logprobs(step + 1, record["logprob_gap_max"], record["logprob_gap_mean"])
-        return record
+        return record, outcome
 
     def _check_logprobs(self, step: int, gap_max: float, gap_mean: float) -> None:
         """Warn when generation and training disagree about the sampled tokens (precision, stale weights)."""
@@ -255,39 +261,6 @@ class Trainer:
             f"step {self.state.step + 1} failed: {exc}; the run is saved: "
             f"continue with opdctl train --resume {self.run.path}"
         )
-
-    def update(
-        self, rollouts: Rollouts, query_ids: torch.Tensor, scores: TeacherScores, loss_weight: torch.Tensor
-    ) -> Update:
-        """``optim.updates_per_step`` optimizer updates, each over its mini-batch of the rollouts (in order).
-
-        Later mini-batches were sampled by the weights before the earlier updates: the sampled estimator
-        weighs them by importance. The returned log-probs are the training pass's for the first mini-batch
-        (what the log-prob gap checks: same weights as generation) and generation's for the rest.
-        """
-        device = self.student.device
-        exact = scores.query_exact.to(device) if scores.query_exact is not None else None
-        targets = LossTargets(scores.query_logprobs.to(device), loss_weight.to(device), exact)
-        behaviour = rollouts.sampled_logprobs.to(device)
-        mean_advantage = self.updater.mean_advantage(rollouts, scores)
-        sampled_lp = rollouts.sampled_logprobs.clone()
-        applied = []
-        for number, rows in enumerate(mini_batches(len(rollouts), self.config.optim.updates_per_step)):
-            one = self.updater.apply(
-                rollouts.select(rows),
-                query_ids[rows],
-                targets.select(rows),
-                mean_advantage,
-                behaviour[rows] if number else None,  # drawn by the weights before this step's first update
-            )
-            self._count_nonfinite(one.finite)
-            applied.append(one)
-            if number == 0:
-                sampled_lp[rows, : one.sampled_logprobs.shape[1]] = one.sampled_logprobs
-        self.student.weights_updated()
-        loss = sum(a.loss for a in applied) / len(applied)
-        grad_norm = sum(a.grad_norm for a in applied) / len(applied)
-        return Update(loss, grad_norm, self.updater.lr, not all(a.finite for a in applied), sampled_lp)
 
     def _count_nonfinite(self, finite: bool) -> None:
         """Warn about a skipped update; stop the run after ``optim.max_nonfinite_steps`` in a row."""
@@ -318,7 +291,14 @@ class Trainer:
         with self.parallel.unsharded():
             if self.world.main:
                 evaluate_in_training(
-                    self.config, self.run, self.student, self.teacher, self.benchmarks, self.state.step, when
+                    self.config,
+                    self.run,
+                    self.student,
+                    self.teacher,
+                    self.benchmarks,
+                    self.state.step,
+                    when,
+                    self.record,
                 )
         self.world.barrier()
 

@@ -9,45 +9,19 @@ or the gradient is not finite. The optimizer and its learning-rate schedule are 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from opdctl.algorithm.batching import length_groups, split_to
-from opdctl.algorithm.losses import advantage_sum, opd_loss
+from opdctl.algorithm.batching import length_groups, mini_batches, split_to
+from opdctl.algorithm.losses import LossTargets, advantage_sum, opd_loss
 from opdctl.algorithm.schedules import lr_scheduler
 from opdctl.backends.protocols import DataParallel, Student
 from opdctl.backends.types import QueryLayout, Rollouts, TeacherScores
 from opdctl.config.schema import Config
 from opdctl.distributed import World
-
-
-@dataclass
-class LossTargets:
-    """What a mini-batch's loss compares the student with: the teacher's log-probs in the query layout, the
-    weights m_t and which teacher values are exact (served teachers)."""
-
-    teacher_lp: torch.Tensor
-    loss_weight: torch.Tensor
-    exact: torch.Tensor | None
-
-    def select(self, rows: list[int], width: int | None = None) -> LossTargets:
-        """The targets of ``rows``, cut to their first ``width`` positions (all without it)."""
-        cut = (rows, slice(width))
-        return LossTargets(
-            self.teacher_lp[cut], self.loss_weight[cut], self.exact[cut] if self.exact is not None else None
-        )
-
-
-@dataclass
-class Applied:
-    """One update: its loss and gradient norm, whether the optimizer stepped, the training pass's log-probs."""
-
-    loss: float
-    grad_norm: float
-    finite: bool  # false: non-finite loss or gradient, no optimizer step
-    sampled_logprobs: torch.Tensor  # [B, T] the student's log-prob of each sampled token
 
 
 @dataclass
@@ -99,42 +73,62 @@ class Updater:
         total, count = advantage_sum(rollouts.sampled_logprobs, teacher, rollouts.mask)
         return self.world.sum(total) / max(1, self.world.sum(count))
 
-    def apply(
-        self,
-        rollouts: Rollouts,
-        query_ids: torch.Tensor,
-        targets: LossTargets,
-        mean_advantage: float,
-        behaviour: torch.Tensor | None,
-    ) -> Applied:
-        """Forward/backward over micro-batches of similar length, then one clipped optimizer step unless the loss
-        or gradient is not finite. ``behaviour``: the sampled tokens' log-probs under the weights that drew them,
-        when the student has been updated since.
+    def step(
+        self, rollouts: Rollouts, scores: TeacherScores, loss_weight: torch.Tensor, on_update: Callable[[bool], None]
+    ) -> Update:
+        """``optim.updates_per_step`` optimizer updates, each over its mini-batch of the rollouts (in order);
+        ``on_update(finite)`` is told after each whether it stepped.
+
+        Later mini-batches were sampled by the weights before the earlier updates: the sampled estimator
+        weighs them by importance. The returned log-probs are the training pass's for the first mini-batch
+        (what the log-prob gap checks: same weights as generation) and generation's for the rest.
+        """
+        device = self.student.device
+        exact = scores.query_exact.to(device) if scores.query_exact is not None else None
+        targets = LossTargets(
+            teacher=scores.query_logprobs.to(device),
+            loss_weight=loss_weight.to(device),
+            num_tokens=0,  # each update's own (:meth:`_apply`)
+            teacher_exact=exact,
+            mean_advantage=self.mean_advantage(rollouts, scores),
+            behaviour=rollouts.sampled_logprobs.to(device),
+        )
+        query_ids, sampled_lp = rollouts.query_ids(), rollouts.sampled_logprobs.clone()
+        losses, norms, finite = [], [], []
+        for number, rows in enumerate(mini_batches(len(rollouts), self.config.optim.updates_per_step)):
+            first = number == 0  # drawn by these very weights: no importance weight
+            part = replace(targets.select(rows), behaviour=None) if first else targets.select(rows)
+            loss, grad_norm, stepped, logprobs = self._apply(rollouts.select(rows), query_ids[rows], part)
+            on_update(stepped)
+            losses.append(loss)
+            norms.append(grad_norm)
+            finite.append(stepped)
+            if first:
+                sampled_lp[rows, : logprobs.shape[1]] = logprobs
+        self.student.weights_updated()
+        return Update(sum(losses) / len(losses), sum(norms) / len(norms), self.lr, not all(finite), sampled_lp)
+
+    def _apply(
+        self, rollouts: Rollouts, query_ids: torch.Tensor, targets: LossTargets
+    ) -> tuple[float, float, bool, torch.Tensor]:
+        """One update: forward/backward over micro-batches of similar length, then one clipped optimizer step
+        unless the loss or gradient is not finite. Returns the loss, the gradient norm, whether it stepped and
+        the training pass's log-probs of the sampled tokens.
 
         The loss is a token mean over the mini-batch (all processes); DistributedDataParallel
         averages gradients over processes, so each process scales its part by their number.
         """
         cfg, world = self.config, self.world
-        num_tokens = max(1, int(world.sum(int(rollouts.mask.sum()))))
+        targets = replace(targets, num_tokens=max(1, int(world.sum(int(rollouts.mask.sum())))))
         total_loss, sampled_lp = 0.0, torch.zeros_like(rollouts.sampled_logprobs)
         groups = length_groups(rollouts.lengths, cfg.optim.grad_accum)
         groups = split_to(groups, max(world.collect(len(groups))))  # the same number in every process
         for number, rows in enumerate(groups):
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
-            target = targets.select(rows, width)
             with self.parallel.gradient_sync(number == len(groups) - 1):
                 student_lp = self.student.logprobs(part, query_ids[rows, :width])
-                loss = opd_loss(
-                    cfg,
-                    student_lp,
-                    target.teacher_lp,
-                    target.loss_weight,
-                    num_tokens,
-                    target.exact,
-                    mean_advantage,
-                    behaviour[rows, :width] if behaviour is not None else None,
-                )
+                loss = opd_loss(cfg, student_lp, targets.select(rows, width))
                 (loss * world.size).backward()
             total_loss += loss.item()
             sampled_lp[rows, :width] = QueryLayout.sampled(student_lp).detach().float().cpu()
@@ -145,4 +139,4 @@ class Updater:
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return Applied(total_loss, float(grad_norm), finite, sampled_lp)
+        return total_loss, float(grad_norm), finite, sampled_lp
