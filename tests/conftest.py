@@ -112,10 +112,10 @@ def tiny_config(models: dict[str, Path], run_dir: Path, **sections) -> dict:
             "init_len": 16,
             "min_len": 8,
             "max_len": 24,
-            "step": 4,
+            "increment": 4,
             "margin": 2,
             "hit_ratio": 0.1,
-            "shrink_patience": 2,
+            "patience": 2,
         },
         "optim": {"lr": 1e-3, "steps": 4, "prompts_per_step": 3, "grad_accum": 2},
         "output": {

@@ -4,7 +4,7 @@ import pytest
 
 from opdctl.algorithm.budget import BudgetLimits, BudgetState, update_budget
 
-PAPER = BudgetLimits(min_len=1024, max_len=12288, step=100, hit_ratio=0.1, margin=100, shrink_patience=3)
+PAPER = BudgetLimits(min_len=1024, max_len=12288, increment=100, hit_ratio=0.1, margin=100, patience=3)
 
 
 def test_grows_when_enough_rollouts_reach_the_boundary():

@@ -21,7 +21,7 @@ def test_schema_defaults_are_the_papers():
         0.5,
     )
     b = config.budget
-    assert (b.init_len, b.min_len, b.max_len, b.step, b.hit_ratio, b.margin, b.shrink_patience) == (
+    assert (b.init_len, b.min_len, b.max_len, b.increment, b.hit_ratio, b.margin, b.patience) == (
         2048,
         1024,
         12288,
@@ -108,6 +108,14 @@ def test_bad_values_get_one_line_errors(override, message):
     text = str(info.value)
     assert message in text
     assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("budget.step", "budget.increment"), ("budget.shrink_patience", "budget.patience")]
+)
+def test_a_renamed_key_is_refused_naming_the_new_one(old, new):
+    with pytest.raises(ConfigError, match=f"config key {old} is now {new}: rename it"):
+        load_config(None, [f"{old}=5"])
 
 
 def test_unknown_backend_lists_installed_ones():

@@ -34,7 +34,7 @@ def make_trainer(tmp_path, teacher: FakeTeacher | None = None, **sections) -> Tr
         "rollout": {"n": 1, "max_new_tokens": 12},
         "loss": {"k": 4},
         "prune": {"k": 2, "threshold": 0.7, "w_drop": W_DROP, "w_base": 0.5},
-        "budget": {"init_len": 10, "min_len": 4, "max_len": 12, "step": 2, "hit_ratio": 0.5, "margin": 0},
+        "budget": {"init_len": 10, "min_len": 4, "max_len": 12, "increment": 2, "hit_ratio": 0.5, "margin": 0},
         "optim": {"lr": 0.1, "steps": 3, "prompts_per_step": 4},
         "output": {"dir": str(tmp_path / "run"), "save_every": 100, "trace_rollouts": "all"},
         "eval": {"bench": []},
@@ -108,7 +108,7 @@ def test_a_non_finite_step_is_skipped_and_a_streak_stops_the_run(tmp_path):
 
 
 def test_the_budget_shrinks_on_a_miss_and_the_next_step_generates_under_it(tmp_path):
-    trainer = make_trainer(tmp_path, budget={"shrink_patience": 1})
+    trainer = make_trainer(tmp_path, budget={"patience": 1})
     first = trainer.train_step()[0]  # the longest effective length is 7, below the boundary of 10
     assert (first["max_len"], first["next_max_len"], first["hit_ratio"]) == (10, 8, 0.0)
     second = trainer.train_step()[0]

@@ -12,10 +12,10 @@ class BudgetLimits:
 
     min_len: int
     max_len: int
-    step: int
+    increment: int
     hit_ratio: float
     margin: int
-    shrink_patience: int
+    patience: int
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ def update_budget(state: BudgetState, effective_lengths: Sequence[int], limits: 
     hits = sum(1 for length in effective_lengths if length >= boundary)
     hit_ratio = hits / len(effective_lengths) if effective_lengths else 0.0
     if hit_ratio >= limits.hit_ratio:
-        new = BudgetState(current_len=min(state.current_len + limits.step, limits.max_len), misses=0)
-    elif state.misses + 1 >= limits.shrink_patience:
-        new = BudgetState(current_len=max(state.current_len - limits.step, limits.min_len), misses=0)
+        new = BudgetState(current_len=min(state.current_len + limits.increment, limits.max_len), misses=0)
+    elif state.misses + 1 >= limits.patience:
+        new = BudgetState(current_len=max(state.current_len - limits.increment, limits.min_len), misses=0)
     else:
         new = BudgetState(current_len=state.current_len, misses=state.misses + 1)
     return BudgetUpdate(state=new, boundary=boundary, hit_ratio=hit_ratio)

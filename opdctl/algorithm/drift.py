@@ -92,8 +92,8 @@ def bad_events(signal: torch.Tensor, mask: torch.Tensor, threshold: float) -> to
 
 
 @dataclass(frozen=True)
-class Weights:
-    """Per-token Prune-OPD weights of a batch of rollouts."""
+class TokenWeights:
+    """Per-token Prune-OPD weights of a batch of rollouts: the reliability weight w_t, the loss weight m_t, L_eff."""
 
     weight: torch.Tensor  # w_t = clip(1 - w_drop * c_t, 0, 1), 0 on padding, [B, T]
     loss_weight: torch.Tensor  # m_t = w_t + w_base, 0 on padding, [B, T]
@@ -102,7 +102,7 @@ class Weights:
 
 def reliability_weights(
     bad: torch.Tensor, mask: torch.Tensor, w_drop: float, w_base: float, earlier: torch.Tensor | None = None
-) -> Weights:
+) -> TokenWeights:
     """Monotone weights from cumulative (inclusive) bad-event counts.
 
     ``earlier`` ``[B]`` counts bad events before the first position given, for
@@ -115,7 +115,7 @@ def reliability_weights(
     weight = (1.0 - w_drop * count).clamp(0.0, 1.0) * mask_f
     loss_weight = (weight + w_base) * mask_f
     effective = ((weight > WEIGHT_EPS) & mask).sum(-1)
-    return Weights(weight=weight, loss_weight=loss_weight, effective_length=effective)
+    return TokenWeights(weight=weight, loss_weight=loss_weight, effective_length=effective)
 
 
 def bad_events_to_stop(w_drop: float, stop_weight: float) -> int | None:
@@ -128,10 +128,10 @@ def bad_events_to_stop(w_drop: float, stop_weight: float) -> int | None:
     return int((weights <= stop_weight).int().argmax())
 
 
-def uniform_weights(mask: torch.Tensor) -> Weights:
+def uniform_weights(mask: torch.Tensor) -> TokenWeights:
     """Plain OPD: every valid token has weight 1 and counts in full."""
     mask_f = mask.float()
-    return Weights(weight=mask_f, loss_weight=mask_f, effective_length=mask.sum(-1))
+    return TokenWeights(weight=mask_f, loss_weight=mask_f, effective_length=mask.sum(-1))
 
 
 def first_bad_position(bad: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ class Judgement:
 
     signal: torch.Tensor  # [B, T], 0 on padding
     bad: torch.Tensor  # [B, T] bool
-    weights: Weights
+    weights: TokenWeights
     overlap: torch.Tensor  # [B, T], 0 on padding
 
 

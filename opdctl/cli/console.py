@@ -20,8 +20,8 @@ from opdctl.progress import LineReporter, Reporter
 
 if TYPE_CHECKING:
     from opdctl.tools.calibrate import Calibration
-    from opdctl.tools.sft import SFTReport, SFTSettings
-    from opdctl.tools.shrink import ShrinkReport
+    from opdctl.tools.sft import SFTResult, SFTSettings
+    from opdctl.tools.shrink import ShrinkResult
 
 PIPED_WIDTH = 160  # wide enough for our tables when output goes to a file or a CI log
 
@@ -133,7 +133,7 @@ def _threads(setting: dict[str, Any]) -> str:
     return f"{setting['threads']}, waiting threads {waiting} ({setting['why']})"
 
 
-def sft_table(model: str, out: Path, settings: SFTSettings, report: SFTReport) -> Table:
+def sft_table(model: str, out: Path, settings: SFTSettings, report: SFTResult) -> Table:
     """What ``opdctl sft`` trained and how the loss went."""
     table = Table(title=f"{model} fine-tuned into {out}", header_style="bold")
     table.add_column("")
@@ -154,7 +154,7 @@ def _mean(losses: list[tuple[int, float]]) -> float:
     return sum(loss for _, loss in losses) / len(losses)
 
 
-def shrink_table(model: str, out: Path, report: ShrinkReport) -> Table:
+def shrink_table(model: str, out: Path, report: ShrinkResult) -> Table:
     """What ``opdctl shrink`` built and what it cost in KL to the teacher."""
     table = Table(title=f"student of {model} in {out}", header_style="bold")
     table.add_column("")

@@ -105,8 +105,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return validate(raw)
 
 
+RENAMED = {  # old key: new key (each word one meaning: docs/architecture.md)
+    "budget.step": "budget.increment",
+    "budget.shrink_patience": "budget.patience",
+}
+
+
 def validate(raw: dict[str, Any]) -> Config:
     """Build a Config from a plain mapping, resolving backend sections through their plugins."""
+    _refuse_renamed(raw)
     raw = dict(raw)
     for kind in ("student", "teacher"):
         raw[kind] = _backend_section(kind, raw.get(kind, {} if kind == "student" else {"model": "demo:teacher"}))
@@ -115,6 +122,13 @@ def validate(raw: dict[str, Any]) -> Config:
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Config)) from None
     return config
+
+
+def _refuse_renamed(raw: dict[str, Any]) -> None:
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(f"config key {old} is now {new}: rename it (same meaning, same value)")
 
 
 def _backend_section(kind: str, section: Any) -> BackendConfig:

@@ -198,12 +198,14 @@ class BudgetConfig(Section):
     max_len: int | None = Field(
         12288, ge=1, description="The budget never grows above this; null means rollout.max_new_tokens."
     )
-    step: int = Field(100, ge=1, description="Tokens added or removed per change.")
+    increment: int = Field(100, ge=1, description="Tokens added or removed per change (the paper's step).")
     hit_ratio: float = Field(
         0.1, ge=0, le=1, allow_inf_nan=False, description="Grow when this share of rollouts has L_eff >= boundary."
     )
     margin: int = Field(100, ge=0, description="boundary = max(min_len, current length - margin).")
-    shrink_patience: int = Field(3, ge=1, description="Shrink after this many missed steps in a row.")
+    patience: int = Field(
+        3, ge=1, description="Lower the budget after this many missed steps in a row (the paper's shrink_patience)."
+    )
 
 
 LRSchedule = Literal["constant", "linear", "cosine"]  # opdctl.algorithm.schedules

@@ -55,7 +55,7 @@ class SFTSettings:
 
 
 @dataclass
-class SFTReport:
+class SFTResult:
     steps: int
     examples: int
     losses: list[tuple[int, float]]  # (step, mean training loss since the previous entry)
@@ -127,7 +127,7 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.T
     return {"input_ids": ids, "labels": labels, "attention_mask": attention}
 
 
-def sft(model: str, out: Path, settings: SFTSettings, resume: bool = False) -> SFTReport:
+def sft(model: str, out: Path, settings: SFTSettings, resume: bool = False) -> SFTResult:
     """Fine-tune ``model`` (a directory or hub id: :func:`opdctl.models.sources.resolve_model` resolves the other
     references) on ``settings.data`` into ``out``, resuming from ``out``'s newest checkpoint with ``resume``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
@@ -188,7 +188,7 @@ def sft(model: str, out: Path, settings: SFTSettings, resume: bool = False) -> S
         )
         checkpoint = resume and any((out / CHECKPOINTS).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if checkpoint else None)
-    report = SFTReport(settings.steps, len(train_set), losses, trainable, round(time.perf_counter() - started, 1))
+    report = SFTResult(settings.steps, len(train_set), losses, trainable, round(time.perf_counter() - started, 1))
     _save(trainer.model, tokenizer, out, model, settings, report)
     return report
 
@@ -213,7 +213,7 @@ def _check_out(out: Path, resume: bool) -> None:
 
 
 def _save(network: Any, tokenizer: PreTrainedTokenizerBase, out: Path, model: str, settings: SFTSettings,
-          report: SFTReport) -> None:  # fmt: skip
+          report: SFTResult) -> None:  # fmt: skip
     """The merged model and tokenizer in ``out``, the adapter alone in ``out/adapter`` (LoRA), and sft.json."""
     if settings.lora_rank:
         network.save_pretrained(out / ADAPTER)

@@ -67,7 +67,7 @@ class Texts:
 
 
 @dataclass
-class ShrinkReport:
+class ShrinkResult:
     kept_layers: list[int]
     dropped_layers: list[int]
     parameters_before: int
@@ -79,7 +79,7 @@ class ShrinkReport:
     seconds: float
 
 
-def shrink(model: str, out: Path, settings: ShrinkSettings) -> ShrinkReport:
+def shrink(model: str, out: Path, settings: ShrinkSettings) -> ShrinkResult:
     """Build the student from ``model`` into ``out`` and report what it cost in KL."""
     started = time.perf_counter()
     _check(out, settings)
@@ -99,7 +99,7 @@ def shrink(model: str, out: Path, settings: ShrinkSettings) -> ShrinkReport:
     dropped_kl = kl_to_teacher(student, teacher, held_out)
     warm_up(student, teacher, training, settings)
     warmed_kl = kl_to_teacher(student, teacher, held_out)
-    report = ShrinkReport(
+    report = ShrinkResult(
         kept_layers=kept,
         dropped_layers=[i for i in range(len(layers)) if i not in kept],
         parameters_before=sum(p.numel() for p in teacher.parameters()),
@@ -300,7 +300,7 @@ def _save(
     out: Path,
     source: str,
     settings: ShrinkSettings,
-    report: ShrinkReport,
+    report: ShrinkResult,
 ) -> None:
     staging = out.with_name(f".{out.name}.partial")
     model.save_pretrained(staging)

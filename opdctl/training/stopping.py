@@ -30,12 +30,22 @@ class Stopped(RunError):
         super().__init__(message)
         self.exit_code = 128 + signum
 
+    @classmethod
+    def at_once(cls, message: str) -> Stopped:
+        """Stopped by a second signal (or Ctrl-C outside the handler), in the middle of a step."""
+        return cls(message, signal.SIGINT)
+
 
 class StopRequest:
     """Whether a stop was asked for, and by which signal."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The signal's name, e.g. SIGTERM."""
+        return signal.Signals(self.signum).name if self.signum is not None else "request"
 
     def agreed(self, world: World) -> bool:
         """Whether any process was asked to stop (collective: every process calls it, and all stop after the

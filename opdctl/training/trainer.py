@@ -15,7 +15,6 @@ SIGINT/SIGTERM stop a run at a checkpoint (:mod:`opdctl.training.stopping`).
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -77,10 +76,10 @@ class Trainer:
         self.limits = BudgetLimits(
             min_len=config.budget.min_len,
             max_len=config.budget.max_len or config.rollout.max_new_tokens,
-            step=config.budget.step,
+            increment=config.budget.increment,
             hit_ratio=config.budget.hit_ratio,
             margin=config.budget.margin,
-            shrink_patience=config.budget.shrink_patience,
+            patience=config.budget.patience,
         )
         self.trackers = Trackers(run, {}, {})  # process 0's experiment trackers, once start_run opens them
 
@@ -164,22 +163,22 @@ class Trainer:
 
     def _stop(self, stop: StopRequest) -> Stopped:
         """Checkpoint the steps done (unless just saved) and say how to continue."""
-        name = signal.Signals(stop.signum).name
         if self.state.step == 0:
             where = "before the first step"
         else:
             if not self._save_due():
                 self.save()
             where = f"after step {self.state.step}, checkpoint saved"
-        return Stopped(f"stopped on {name} {where}; continue with: opdctl train --resume {self.run.path}", stop.signum)
+        return Stopped(
+            f"stopped on {stop.name} {where}; continue with: opdctl train --resume {self.run.path}", stop.signum
+        )
 
     def _stopped_at_once(self) -> Stopped:
         latest = self.run.latest_checkpoint()
         since = f"its checkpoint at step {latest[0]}" if latest else "step 0"
-        return Stopped(
+        return Stopped.at_once(
             f"stopped at once during step {self.state.step + 1}; continue from {since} with: "
-            f"opdctl train --resume {self.run.path}",
-            signal.SIGINT,
+            f"opdctl train --resume {self.run.path}"
         )
 
     def record(self, record: dict[str, Any], outcome: StepOutcome | None = None) -> None:
