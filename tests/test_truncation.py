@@ -241,7 +241,7 @@ class _TransformersEngine:
 def test_an_engine_continued_chunk_by_chunk_stops_where_the_decode_loop_does(chunking):
     """Greedy, so continuing prompt + tokens so far gives the same tokens as one pass: the same cuts and reasons.
     The demo's models, whose greedy answers end at EOS, drift or run to the limit."""
-    from opdctl_hf.chunked import generate_in_chunks
+    from opdctl.backends.chunked import generate_in_chunks
 
     prune = {**SETTINGS["prune"], "k": 1, "w_drop": 0.2}
     config = validate({**SETTINGS, "prune": prune, "rollout": {**SETTINGS["rollout"], "chunking": chunking}})
@@ -267,7 +267,7 @@ def test_an_engine_continued_chunk_by_chunk_stops_where_the_decode_loop_does(chu
 
 
 def test_each_chunk_samples_with_seeds_of_its_own():
-    from opdctl_hf.chunked import chunk_seed
+    from opdctl.backends.chunked import chunk_seed
 
     seeds = [chunk_seed(Sampling(64, seed=seed), start) for seed in (0, 1, 2) for start in (0, 4, 8, 12)]
     assert len(set(seeds)) == len(seeds)

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import PreTrainedTokenizerBase
 
+from opdctl.backends.chunked import generate_in_chunks
 from opdctl.backends.protocols import GenerationMonitor, RolloutEngine
 from opdctl.backends.types import EngineSetup, FinishedCallback, Rollouts, Sampling
 from opdctl.config.files import format_validation_error
@@ -18,7 +19,6 @@ from opdctl.errors import BackendError
 from opdctl.plugins import ROLLOUT_ENGINES
 
 from . import sharding
-from .chunked import generate_in_chunks
 from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import Packed, chunked_logprobs, pack, response_hidden

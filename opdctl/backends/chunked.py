@@ -1,4 +1,4 @@
-"""Truncation on drift with a rollout engine (vLLM): the running rollouts continued one chunk at a time.
+"""Truncation on drift with any rollout engine (vLLM): the running rollouts continued one chunk at a time.
 
 An engine generates whole responses in one call. For the drift monitor it is called once per
 chunk instead: the rollouts still running, each as its prompt plus the tokens it has so far,
@@ -18,9 +18,8 @@ from dataclasses import replace
 import torch
 
 from opdctl.backends.protocols import GenerationMonitor, RolloutEngine
+from opdctl.backends.record import RolloutRecord
 from opdctl.backends.types import Rollouts, Sampling
-
-from .sampling import RolloutRecord
 
 
 def generate_in_chunks(
