@@ -2,7 +2,7 @@
 
 Rollouts get bad events at random rates (uniform in ``--rates``) and EOS at random lengths;
 each check of a running rollout costs its whole prefix (prompt + response so far) in teacher
-positions, as with a vLLM teacher (docs/benchmarks.md, "Truncation with a served teacher").
+positions, as with a vLLM teacher (docs/benchmarks.md, "Does truncation pay with a served teacher?").
 For each ratio of a teacher position's cost to a student token's, it prints the cost of one
 step (in student-token units) for: no truncation (score once), exact chunks, and predicted
 chunks (the monitor's own schedule, ``opdctl.training.monitor.next_chunk``). The defaults are the

@@ -2,11 +2,10 @@
 
 torch starts one OpenMP thread per core, and libgomp's threads spin for a while before
 they sleep when they wait for each other. When other processes keep the same cores busy,
-a spinning thread burns the time slice its partner needs: measured on 2 cores with two
-other busy processes, decoding was 60x slower than with ``OMP_WAIT_POLICY=PASSIVE``
-(waiting threads sleep at once). On an idle machine passive waiting is the slower one
-(about 2x on the demo, which waits often between tiny operations). docs/benchmarks.md
-has both measurements.
+a spinning thread burns the time slice its partner needs, and decoding collapses; with
+``OMP_WAIT_POLICY=PASSIVE`` waiting threads sleep at once, which holds up there. On an idle
+machine passive waiting is the slower one: waking a sleeping thread costs more than the tiny
+operations it waits between (docs/benchmarks.md, "How should CPU threads wait on a shared machine?").
 
 So when opdctl is imported (before torch loads) it looks at how busy the other processes
 keep the cores over a short window; if they keep at least half a core busy it sets

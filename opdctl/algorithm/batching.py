@@ -2,11 +2,10 @@
 rows of similar length together, so few positions are padding.
 
 A micro-batch pads every row to its longest, so one rollout that ran to the length limit
-makes a whole batch of short ones cost as much as long ones (on the demo, one
-forward/backward over 32 rows padded to 270 positions took 2.7x the time of the same rows
-split 28 + 4 by length). The rows, sorted by length, are cut into the contiguous groups
-that minimise padded positions plus a fixed cost per micro-batch; the loss is a token sum
-over the whole step, so the gradient is the same as one batch's.
+makes a whole batch of short ones cost as much as long ones (docs/benchmarks.md, "Where does
+a step's time go?"). The rows, sorted by length, are cut into the contiguous groups that
+minimise padded positions plus a fixed cost per micro-batch; the loss is a token sum over
+the whole step, so the gradient is the same as one batch's.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ import torch
 
 MICRO_BATCH_COST = 512
 """A micro-batch's fixed cost (a forward and a backward call) in padded positions: a split must save more.
-On the demo student one call costs about as much as 300-400 positions; 512 keeps splits to those that pay."""
+Set a little above a call's measured cost on the demo student, so that only splits that pay are made
+(docs/benchmarks.md, "Where does a step's time go?")."""
 
 
 def length_groups(lengths: torch.Tensor, accum: int, cost: int = MICRO_BATCH_COST) -> list[list[int]]:

@@ -157,7 +157,8 @@ def topk_estimator(student: torch.Tensor, targets: LossTargets, config: LossConf
 def sampled_estimator(student: torch.Tensor, targets: LossTargets, config: LossConfig) -> torch.Tensor:
     """k1 on y_t alone (needs only its teacher log-prob); noisier than topk, best at optim.updates_per_step=1.
 
-    With loss.baseline=mean the step's mean advantage is subtracted. Why it trails topk: docs/benchmarks.md."""
+    With loss.baseline=mean the step's mean advantage is subtracted. Why it trails topk: docs/benchmarks.md,
+    "How does the sampled (k1) estimator compare with top-k?"."""
     baseline = targets.mean_advantage if config.baseline == "mean" else 0.0
     return sampled_reverse_kl(
         QueryLayout.sampled(student),

@@ -100,14 +100,14 @@ class RolloutConfig(Section):
         "tokens generated past a stop), predicted "
         "(the next check where the first rollout is expected to stop at its bad-event rate so far: fewer checks, "
         "a few tokens discarded), auto (exact; with a teacher that re-scores the whole prefix at every check, "
-        "such as vLLM, no truncation: scored once after generation, measured cheaper on CPU).",
+        "such as vLLM, no truncation: scored once after generation, which costs less on CPU; docs/benchmarks.md).",
     )
     max_overshoot: int = Field(
         2,
         ge=0,
         description="With truncate_on_drift and exact chunking: the most tokens a rollout may generate past its drift "
         "stop (discarded), so that a rollout one bad event from its stop is checked every max_overshoot + 1 tokens "
-        "rather than every token (on the demo: a quarter less teacher scoring, 0.16% of tokens discarded); 0 "
+        "rather than every token (fewer teacher calls for a few discarded tokens; docs/benchmarks.md); 0 "
         "generates none past a stop.",
     )
     logprob_tolerance: float = Field(
@@ -223,7 +223,7 @@ class OptimConfig(Section):
         description="Optimizer updates per step: its rollouts split in prompt order into this many mini-batches, "
         "one update each (verl's train_batch_size / ppo_mini_batch_size, TRL's steps_per_generation): fewer "
         "generations per update. Later mini-batches were sampled before the earlier updates (slightly off-policy; "
-        "the sampled estimator corrects with importance weights, yet trained worse with it on the demo).",
+        "the sampled estimator corrects with importance weights, yet learns less than with 1; docs/benchmarks.md).",
     )
     grad_clip: float | None = Field(1.0, gt=0, allow_inf_nan=False, description="Max gradient norm; null disables.")
     grad_accum: int = Field(

@@ -83,8 +83,9 @@ def ensure_models(recipe: Recipe = Recipe()) -> Path:
     """Build the demo models unless a complete cache exists; returns the cache directory.
 
     The default recipe's models ship with opdctl (1.6 MB, built by :func:`_build`): they
-    are copied into the cache instead of built, which saves a first run about 110 s on
-    2 cores. Any other recipe is built.
+    are copied into the cache instead of built, so a first run does not spend minutes
+    building them (docs/benchmarks.md, "How long does the first run take?"). Any other
+    recipe is built.
     """
     bundled = BUNDLED / demo_dir(recipe).name
 

@@ -174,7 +174,7 @@ def sft(model: str, out: Path, settings: SFTSettings, resume: bool = False) -> S
         data_seed=settings.seed,
         disable_tqdm=True,
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length",  # 1.6x less padding on mixed short and long solutions
+        train_sampling_strategy="group_by_length",  # less padding on mixed lengths (docs/real-models.md)
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )

@@ -48,8 +48,8 @@ def generate_and_score(
 
 def truncates(config: Config, teacher: Teacher) -> bool:
     """Whether rollouts are truncated on drift: as configured, except with ``rollout.chunking=auto`` and a teacher
-    that re-scores the whole prefix at every check (vLLM), where scoring once after generation was measured
-    cheaper (docs/benchmarks.md, "Truncation with a served teacher")."""
+    that re-scores the whole prefix at every check (vLLM), where scoring once after generation costs less
+    (docs/benchmarks.md, "Does truncation pay with a served teacher?")."""
     rollout = config.rollout
     return rollout.truncate_on_drift and not (teacher.rescores_prefix and rollout.chunking == "auto")
 

@@ -149,8 +149,8 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
     if config.rollout.truncate_on_drift and not truncates(config, teacher) and world.main:
         reporter().message(
             "note: no truncation on drift with this teacher: it re-scores every rollout from its start at each "
-            "check, measured slower than scoring once (docs/benchmarks.md); rollout.chunking=exact or predicted "
-            "truncates anyway"
+            "check, slower than scoring once (docs/benchmarks.md, 'Does truncation pay with a served teacher?'); "
+            "rollout.chunking=exact or predicted truncates anyway"
         )
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)

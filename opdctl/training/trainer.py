@@ -94,10 +94,10 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Process 0 writes a checkpoint; every process takes part in gathering sharded weights."""
-        weights, optimizer = self.parallel.full_state(), self.parallel.optimizer_state(self.updater.optimizer)
+        model_state, optimizer = self.parallel.full_state(), self.parallel.optimizer_state(self.updater.optimizer)
 
         def write(directory: Path) -> None:
-            self.student.save(str(directory), weights)
+            self.student.save(str(directory), model_state)
             torch.save(optimizer, directory / OPTIMIZER_FILE)
             (directory / CONFIG_FILE).write_text(self.config.to_yaml())
             self.state.save(directory, self.updater.scheduler)

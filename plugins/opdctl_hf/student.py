@@ -44,7 +44,7 @@ class HFStudentConfig(HFConfig):
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in backward: about half the update's peak memory for ~15% more update "
-        "time (a 135M student on ~800-token prompts: 7.8 -> 3.8 GB). Turn it on when the update runs out of memory.",
+        "time (docs/real-models.md). Turn it on when the update runs out of memory.",
     )
     rollout: str = Field(
         "hf",
