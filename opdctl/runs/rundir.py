@@ -33,8 +33,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from opdctl.runs.checkpoint import checkpoint_problem, write_manifest
 from opdctl.errors import RunError
+from opdctl.runs.checkpoint import checkpoint_problem, write_manifest
 from opdctl.runs.files import append_line, atomic_directory, atomic_write, disk_full, replaced_atomically
 from opdctl.runs.jsonl import MetricsScan, scan_jsonl
 from opdctl.runs.ownership import KIND_NAMES, LOCK_FILE, DirLock, check_output, directory_kind, make_output

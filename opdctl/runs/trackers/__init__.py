@@ -27,7 +27,7 @@ from opdctl.errors import ConfigError, RunError, reason
 from opdctl.plugins import TRACKERS
 from opdctl.progress import reporter
 from opdctl.runs.files import atomic_write
-from opdctl.runs.rundir import RunDir, step_name
+from opdctl.runs.rundir import RunDir
 from opdctl.runs.trackers.base import RecordKey, TrackedRun, Tracker, flatten
 
 STATE_FILE = "trackers.json"
