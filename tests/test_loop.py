@@ -212,3 +212,19 @@ def test_every_process_stops_after_the_same_step_when_any_was_asked():
     here = StopRequest()
     assert not here.agreed(TwoProcesses(None))
     assert here.agreed(TwoProcesses(signal.SIGTERM)) and here.signum == signal.SIGTERM
+
+
+@pytest.mark.parametrize(
+    ("estimator", "divergence"),
+    [
+        ("forward_topk", lambda p, q: float((q.exp() * (q - p)).sum())),  # KL(q || p), what it minimises
+        ("k3", lambda p, q: float((p.exp() * (p - q)).sum())),  # KL(p || q)
+    ],
+)
+def test_every_estimator_moves_the_student_towards_the_teacher(tmp_path, estimator, divergence):
+    trainer = make_trainer(tmp_path, loss={"estimator": estimator})
+    before = divergence(torch.log_softmax(trainer.student.model.logits.detach(), -1), TEACHER_LOGPROBS)
+    for _ in range(3):
+        assert not trainer.train_step()[0]["skipped"]
+    after = divergence(torch.log_softmax(trainer.student.model.logits.detach(), -1), TEACHER_LOGPROBS)
+    assert after < 0.6 * before

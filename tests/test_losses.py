@@ -233,3 +233,86 @@ def test_restricted_candidates_drop_out_and_weights_renormalise():
     assert loss.item() == pytest.approx(direct.item())
     (grad,) = torch.autograd.grad(loss, student)
     assert grad[0, 1].abs().sum() == 0 and grad[0, 0, 2] == 0
+
+
+# forward top-k KL with a tail bucket, and k3 -------------------------------------------------
+
+
+def test_forward_topk_with_tail_hand_computed_value():
+    # teacher top-2 T_t = {0, 1}: q = 0.5, 0.3 (tail 0.2); the student puts p = 0.25, 0.25 there (tail 0.5)
+    q = torch.log(torch.tensor([[[0.5, 0.3]]]))
+    p = torch.log(torch.tensor([[[0.25, 0.25]]]))
+    loss = losses.forward_topk_kl(p, q, torch.tensor([[2.0]]), 4)
+    by_hand = 0.5 * math.log(0.5 / 0.25) + 0.3 * math.log(0.3 / 0.25) + 0.2 * math.log(0.2 / 0.5)
+    assert loss.item() == pytest.approx(2.0 * by_hand / 4, rel=1e-5)
+
+
+def test_forward_topk_is_the_full_forward_kl_when_the_tail_holds_one_token():
+    torch.manual_seed(1)
+    student, teacher = torch.log_softmax(torch.randn(5), -1), torch.log_softmax(torch.randn(5), -1)
+    top = teacher[:4].argsort(descending=True)  # T_t: four of five ids, the fifth alone in the tail
+    loss = losses.forward_topk_kl(student[top][None, None], teacher[top][None, None], torch.ones(1, 1), 1)
+    full = (teacher.exp() * (teacher - student)).sum()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_forward_topk_tail_gradient_moves_the_mass_outside_t_as_a_whole():
+    torch.manual_seed(2)
+    logits = torch.randn(6, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(6), -1)
+    top = torch.tensor([4, 1, 3])  # T_t; ids 0, 2, 5 are the tail
+    student = torch.log_softmax(logits, -1)
+    loss = losses.forward_topk_kl(student[top][None, None], teacher[top][None, None], torch.ones(1, 1), 1)
+    (grad,) = torch.autograd.grad(loss, logits)
+    p, q = student.detach().exp(), teacher.exp()
+    tail = torch.tensor([0, 2, 5])
+    q_tail, p_tail = 1 - q[top].sum(), 1 - p[top].sum()
+    expected = p.clone()
+    expected[top] = p[top] - q[top]  # inside T_t: p(v) - q(v)
+    expected[tail] = p[tail] * (1 - q_tail / p_tail)  # outside: each id's share of the tail's pull
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_forward_topk_ignores_padding_and_stays_finite_when_the_top_k_holds_everything():
+    teacher = torch.log(torch.tensor([[[1.0, 1e-9], [0.0, 0.0]]]).clamp(min=1e-12))  # second position: padding
+    student = torch.log_softmax(torch.randn(1, 2, 2, requires_grad=True), -1)
+    loss = losses.forward_topk_kl(student, teacher, torch.tensor([[1.0, 0.0]]), 1)
+    assert torch.isfinite(loss)
+    (grad,) = torch.autograd.grad(loss, student)
+    assert torch.isfinite(grad).all() and (grad[0, 1] == 0).all()
+
+
+def test_k3_hand_computed_value_and_gradient():
+    student = torch.log(torch.tensor([[0.5, 0.1]])).requires_grad_()
+    teacher = torch.log(torch.tensor([[0.25, 0.2]]))
+    loss = losses.k3_reverse_kl(student, teacher, torch.tensor([[1.0, 3.0]]), 2)
+    r = torch.tensor([0.5, 2.0])  # q/p
+    by_hand = (1.0 * (r[0] - 1 - math.log(r[0])) + 3.0 * (r[1] - 1 - math.log(r[1]))) / 2
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, student)
+    assert torch.allclose(grad, torch.tensor([[1.0 * (1 - 0.5), 3.0 * (1 - 2.0)]]) / 2)  # m_t (1 - r_t) / N
+
+
+def test_k3_is_zero_where_the_models_agree_and_never_negative():
+    torch.manual_seed(3)
+    student, teacher = torch.randn(4, 8), torch.randn(4, 8)
+    assert losses.k3_reverse_kl(student, student, torch.ones(4, 8), 32).item() == 0.0
+    per_token = losses.k3_reverse_kl(student, teacher, torch.ones(4, 8), 1)
+    assert per_token.item() >= 0
+
+
+def test_the_forward_estimator_reads_the_teacher_top_k_after_the_query_layout():
+    from opdctl.config.files import validate
+
+    config = validate({"loss": {"estimator": "forward_topk", "k": 2}})
+    student_on_query = torch.log(torch.tensor([[[0.4, 0.3, 0.3]]]))  # S_t (2) and y_t
+    student_on_teacher = torch.log(torch.tensor([[[0.25, 0.25]]]))
+    targets = losses.LossTargets(
+        teacher=torch.zeros(1, 1, 3),
+        loss_weight=torch.tensor([[2.0]]),
+        num_tokens=4,
+        teacher_topk=torch.log(torch.tensor([[[0.5, 0.3]]])),
+    )
+    loss = losses.opd_loss(config, torch.cat([student_on_query, student_on_teacher], -1), targets)
+    expected = losses.forward_topk_kl(student_on_teacher, targets.teacher_topk, targets.loss_weight, 4)
+    assert loss.item() == pytest.approx(expected.item())

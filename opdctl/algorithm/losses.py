@@ -14,6 +14,7 @@ section; :func:`opd_loss` applies the configured one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,6 +24,7 @@ from opdctl.config.schema import Config, LossConfig
 from opdctl.plugins import LOSS_ESTIMATORS
 
 WEIGHTINGS = ("student_p", "teacher_p", "none")
+Estimator = Callable[[torch.Tensor, "LossTargets", LossConfig], torch.Tensor]
 
 
 def candidate_weights(
@@ -110,6 +112,58 @@ def sampled_reverse_kl(
     return (per_token * loss_weight).sum() / num_tokens
 
 
+def forward_topk_kl(
+    student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, loss_weight: torch.Tensor, num_tokens: int
+) -> torch.Tensor:
+    """Forward KL(q || p) over the teacher's top-k T_t and one tail bucket holding the rest of each distribution:
+    L = sum_t m_t [sum_{v in T_t} q(v) (log q(v) - log p(v)) + q_tail (log q_tail - log p_tail)].
+
+    Both tensors are ``[B, T, k]`` log-probs of the teacher's top-k ids under each model; the tails are
+    ``1 - sum_{v in T_t}`` of each. The gradient w.r.t. the student's logit of v is p(v) - q(v) inside T_t and
+    p(v) (1 - q_tail / p_tail) outside it: the tail bucket moves the student's mass outside T_t as a whole.
+    """
+    teacher_tail, student_tail = _log_tail(teacher_logprobs), _log_tail(student_logprobs)
+    head = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(-1)
+    tail = teacher_tail.exp() * (teacher_tail - student_tail)
+    return ((head + tail) * loss_weight).sum() / num_tokens
+
+
+def _log_tail(logprobs: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum exp(logprobs)) over the last axis, ``[B, T]``; a top-k holding all the mass leaves ~1e-7."""
+    mass = torch.logsumexp(logprobs, dim=-1).clamp(max=-1e-7)
+    return torch.where(mass > -0.6931, torch.log(-torch.expm1(mass)), torch.log1p(-torch.exp(mass)))
+
+
+def k3_reverse_kl(
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    loss_weight: torch.Tensor,
+    num_tokens: int,
+    behaviour_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """k3 on the sampled token: L = sum_t m_t r_t [(q/p)(y_t) - 1 - log (q/p)(y_t)], differentiated through
+    log p(y_t) (verl's and torchrl's low-variance KL loss).
+
+    k3 is never negative and estimates KL(p || q) for y_t ~ p with less variance than k1; its gradient,
+    (1 - q/p) grad log p(y_t), pulls log p(y_t) towards log q(y_t). ``behaviour_logprobs`` adds the importance
+    weight r_t of tokens drawn by earlier weights, as in :func:`sampled_reverse_kl`. The log-ratio is clamped to
+    +-20 (exp overflows past ~88).
+    """
+    log_ratio = (teacher_logprobs - student_logprobs).clamp(-20.0, 20.0)
+    per_token = log_ratio.exp() - log_ratio - 1.0
+    if behaviour_logprobs is not None:
+        importance = (student_logprobs.detach() - behaviour_logprobs).masked_fill(loss_weight == 0, 0.0).exp()
+        per_token = per_token * importance
+    return (per_token * loss_weight).sum() / num_tokens
+
+
+def queries_teacher_topk(estimator: Estimator) -> Estimator:
+    """Mark an estimator that needs the student's log-probs on the teacher's top-k T_t: the update then asks
+    the student about T_t too, after the query layout's k + 1 columns, and fills ``LossTargets.teacher_topk``."""
+    estimator.queries_teacher_topk = True  # type: ignore[attr-defined]
+    return estimator
+
+
 @dataclass(frozen=True)
 class LossTargets:
     """What the student's log-probs are compared with, built once per step and cut to each micro-batch."""
@@ -120,6 +174,7 @@ class LossTargets:
     teacher_exact: torch.Tensor | None = None  # [B, T, k+1] bool: which teacher values are exact (served teachers)
     mean_advantage: float = 0.0  # the step's mean k1 advantage, all processes (:func:`advantage_sum`)
     behaviour: torch.Tensor | None = None  # [B, T] sampled tokens' log-probs when drawn by earlier weights
+    teacher_topk: torch.Tensor | None = None  # [B, T, k_T] the teacher's own top-k log-probs (queries_teacher_topk)
 
     def select(self, rows: list[int], width: int | None = None) -> LossTargets:
         """The targets of ``rows``, cut to their first ``width`` positions (all without it)."""
@@ -133,6 +188,7 @@ class LossTargets:
             loss_weight=cut(self.loss_weight),
             teacher_exact=cut(self.teacher_exact),
             behaviour=cut(self.behaviour),
+            teacher_topk=cut(self.teacher_topk),
         )
 
 
@@ -170,8 +226,29 @@ def sampled_estimator(student: torch.Tensor, targets: LossTargets, config: LossC
     )
 
 
+@LOSS_ESTIMATORS.register("forward_topk")
+@queries_teacher_topk
+def forward_topk_estimator(student: torch.Tensor, targets: LossTargets, config: LossConfig) -> torch.Tensor:
+    """Forward KL over the teacher's top-k T_t plus a tail bucket (verl's and slime's top-k distillation)."""
+    on_teacher_topk = student[..., targets.teacher.shape[-1] :]
+    return forward_topk_kl(on_teacher_topk, targets.teacher_topk, targets.loss_weight, targets.num_tokens)
+
+
+@LOSS_ESTIMATORS.register("k3")
+def k3_estimator(student: torch.Tensor, targets: LossTargets, config: LossConfig) -> torch.Tensor:
+    """k3 on y_t, (q/p - 1) - log(q/p): never negative, lower variance than k1 (verl's low_var_kl)."""
+    return k3_reverse_kl(
+        QueryLayout.sampled(student[..., : targets.teacher.shape[-1]]),
+        QueryLayout.sampled(targets.teacher),
+        targets.loss_weight,
+        targets.num_tokens,
+        targets.behaviour,
+    )
+
+
 def opd_loss(config: Config, student: torch.Tensor, targets: LossTargets) -> torch.Tensor:
-    """The configured estimator on the student's ``[B, T, k+1]`` log-probs in the query layout."""
+    """The configured estimator on the student's ``[B, T, k+1]`` log-probs in the query layout (then the teacher's
+    top-k, for an estimator that queries it)."""
     return LOSS_ESTIMATORS.get(config.loss.estimator)(student, targets, config.loss)
 
 

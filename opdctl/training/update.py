@@ -22,6 +22,7 @@ from opdctl.backends.protocols import DataParallel, Student
 from opdctl.backends.types import QueryLayout, Rollouts, TeacherScores
 from opdctl.config.schema import Config
 from opdctl.distributed import World
+from opdctl.plugins import LOSS_ESTIMATORS
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Updater:
         """
         device = self.student.device
         exact = scores.query_exact.to(device) if scores.query_exact is not None else None
+        wants_topk = getattr(LOSS_ESTIMATORS.get(self.config.loss.estimator), "queries_teacher_topk", False)
         targets = LossTargets(
             teacher=scores.query_logprobs.to(device),
             loss_weight=loss_weight.to(device),
@@ -92,8 +94,11 @@ class Updater:
             teacher_exact=exact,
             mean_advantage=self.mean_advantage(rollouts, scores),
             behaviour=rollouts.sampled_logprobs.to(device),
+            teacher_topk=scores.topk_logprobs.to(device) if wants_topk else None,
         )
         query_ids, sampled_lp = rollouts.query_ids(), rollouts.sampled_logprobs.clone()
+        if wants_topk:  # the teacher's top-k T_t after the query layout's columns
+            query_ids = torch.cat([query_ids, scores.topk_ids[:, : query_ids.shape[1]].to(query_ids.device)], -1)
         losses, norms, finite = [], [], []
         for number, rows in enumerate(mini_batches(len(rollouts), self.config.optim.updates_per_step)):
             first = number == 0  # drawn by these very weights: no importance weight
@@ -131,7 +136,8 @@ class Updater:
                 loss = opd_loss(cfg, student_lp, targets.select(rows, width))
                 (loss * world.size).backward()
             total_loss += loss.item()
-            sampled_lp[rows, :width] = QueryLayout.sampled(student_lp).detach().float().cpu()
+            layout = student_lp[..., : targets.teacher.shape[-1]]  # without the teacher's top-k, if queried
+            sampled_lp[rows, :width] = QueryLayout.sampled(layout).detach().float().cpu()
         total_loss = world.sum(total_loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip or math.inf)
         finite = math.isfinite(total_loss) and bool(torch.isfinite(grad_norm))
