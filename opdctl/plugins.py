@@ -14,11 +14,12 @@ STUDENTS           opdctl.students         the same, for the trained model
 ROLLOUT_ENGINES    opdctl.rollout_engines  a class generating an HF student's rollouts elsewhere
 TRACKERS           opdctl.trackers         a :class:`opdctl.runs.trackers.base.Tracker` subclass
 DRIFT_METRICS      opdctl.drift_metrics    a function ``(view, threshold) -> [B, T]``
-LOSS_ESTIMATORS    opdctl.loss_estimators  a function ``(inputs) -> [B, T]``
+LOSS_ESTIMATORS    opdctl.loss_estimators  a function ``(student, targets, config) -> loss``
+REWARDS            opdctl.rewards          a function ``(response, answer) -> float``: a task reward
 =================  ======================  ======================================================
 
 opdctl's own backends and trackers are declared as entry points in its pyproject.toml;
-its drift metrics and estimators register with a decorator in their module, which the
+its drift metrics, estimators and rewards register with a decorator in their module, which the
 registry imports (by name) before it looks at entry points. A part that fails to load is
 one error naming the entry point, never a traceback. This module imports no other part of
 opdctl but its errors, so the config schema can validate names against it.
@@ -117,4 +118,5 @@ DRIFT_METRICS = Registry("drift metric", "prune.metric", "opdctl.drift_metrics",
 LOSS_ESTIMATORS = Registry(
     "loss estimator", "loss.estimator", "opdctl.loss_estimators", module="opdctl.algorithm.losses"
 )
+REWARDS = Registry("reward function", "reward.function", "opdctl.rewards", module="opdctl.data.rewards")
 BACKENDS = {"teacher": TEACHERS, "student": STUDENTS, "rollout": ROLLOUT_ENGINES}

@@ -157,6 +157,37 @@ def k3_reverse_kl(
     return (per_token * loss_weight).sum() / num_tokens
 
 
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std") -> torch.Tensor:
+    """GRPO's advantage of each rollout: its reward minus the mean over its prompt's ``group_size`` rollouts
+    (consecutive rows), divided by their standard deviation (+1e-6) with ``scale="std"``. A group whose rewards
+    are all equal gets zeros: it says nothing about which rollout was better."""
+    groups = rewards.float().view(-1, group_size)
+    centred = groups - groups.mean(-1, keepdim=True)
+    if scale == "std" and group_size > 1:
+        centred = centred / (groups.std(-1, keepdim=True) + 1e-6)
+    return centred.view(-1)
+
+
+def task_reward_loss(
+    student_logprobs: torch.Tensor,
+    advantage: torch.Tensor,
+    mask: torch.Tensor,
+    num_tokens: int,
+    behaviour_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The policy-gradient term of a task reward: L = -sum_t r_t A_i log p(y_t) over every valid token of
+    rollout i, divided by the step's valid tokens like the OPD loss.
+
+    ``student_logprobs`` ``[B, T]`` of the sampled tokens; ``advantage`` ``[B]`` (:func:`group_advantages`);
+    ``behaviour_logprobs`` adds the importance weight r_t of tokens drawn by earlier weights. The token mean
+    over the whole step (Dr. GRPO's) rather than per rollout keeps long rollouts from counting less per token.
+    """
+    weight = advantage.unsqueeze(-1) * mask
+    if behaviour_logprobs is not None:
+        weight = weight * (student_logprobs.detach() - behaviour_logprobs).masked_fill(~mask.bool(), 0.0).exp()
+    return -(weight * student_logprobs).sum() / num_tokens
+
+
 def queries_teacher_topk(estimator: Estimator) -> Estimator:
     """Mark an estimator that needs the student's log-probs on the teacher's top-k T_t: the update then asks
     the student about T_t too, after the query layout's k + 1 columns, and fills ``LossTargets.teacher_topk``."""
@@ -175,6 +206,8 @@ class LossTargets:
     mean_advantage: float = 0.0  # the step's mean k1 advantage, all processes (:func:`advantage_sum`)
     behaviour: torch.Tensor | None = None  # [B, T] sampled tokens' log-probs when drawn by earlier weights
     teacher_topk: torch.Tensor | None = None  # [B, T, k_T] the teacher's own top-k log-probs (queries_teacher_topk)
+    advantage: torch.Tensor | None = None  # [B] each rollout's task-reward advantage (reward.coef > 0)
+    mask: torch.Tensor | None = None  # [B, T] valid response tokens (the task-reward term weighs them all alike)
 
     def select(self, rows: list[int], width: int | None = None) -> LossTargets:
         """The targets of ``rows``, cut to their first ``width`` positions (all without it)."""
@@ -189,6 +222,8 @@ class LossTargets:
             teacher_exact=cut(self.teacher_exact),
             behaviour=cut(self.behaviour),
             teacher_topk=cut(self.teacher_topk),
+            advantage=self.advantage[rows] if self.advantage is not None else None,
+            mask=cut(self.mask),
         )
 
 
@@ -250,6 +285,17 @@ def opd_loss(config: Config, student: torch.Tensor, targets: LossTargets) -> tor
     """The configured estimator on the student's ``[B, T, k+1]`` log-probs in the query layout (then the teacher's
     top-k, for an estimator that queries it)."""
     return LOSS_ESTIMATORS.get(config.loss.estimator)(student, targets, config.loss)
+
+
+def mixed_loss(config: Config, student: torch.Tensor, targets: LossTargets) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of the loss: ``loss.opd_coef`` times the OPD loss, ``reward.coef`` times the task-reward
+    term (zero without a reward); their sum is what the update minimises."""
+    opd = config.loss.opd_coef * opd_loss(config, student, targets) if config.loss.opd_coef else student.sum() * 0
+    if targets.advantage is None or not config.reward.coef:
+        return opd, torch.zeros_like(opd)
+    sampled = QueryLayout.sampled(student[..., : targets.teacher.shape[-1]])
+    reward = task_reward_loss(sampled, targets.advantage, targets.mask, targets.num_tokens, targets.behaviour)
+    return opd, config.reward.coef * reward
 
 
 def advantage_sum(

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from opdctl.config.files import show_value
 from opdctl.config.schema import Config
-from opdctl.plugins import BACKENDS, DRIFT_METRICS, LOSS_ESTIMATORS, ROLLOUT_ENGINES, Registry
+from opdctl.plugins import BACKENDS, DRIFT_METRICS, LOSS_ESTIMATORS, REWARDS, ROLLOUT_ENGINES, Registry
 
 
 def reference_markdown() -> str:
@@ -28,7 +28,7 @@ def reference_markdown() -> str:
     for name, field in Config.model_fields.items():
         if name not in ("seed", "student", "teacher"):
             lines += _section_table(name, field.annotation)
-    for registry in (DRIFT_METRICS, LOSS_ESTIMATORS):
+    for registry in (DRIFT_METRICS, LOSS_ESTIMATORS, REWARDS):
         lines += _registry_table(registry)
     for kind in ("student", "teacher"):
         for backend in sorted(BACKENDS[kind].names()):

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from opdctl.plugins import DRIFT_METRICS, LOSS_ESTIMATORS, TRACKERS, Registry
+from opdctl.plugins import DRIFT_METRICS, LOSS_ESTIMATORS, REWARDS, TRACKERS, Registry
 
 Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 
@@ -129,6 +129,12 @@ class LossConfig(Section):
         "none is the plain k1 policy gradient.",
     )
     k: int = Field(16, ge=1, description="Size of the student's candidate set S_t.")
+    opd_coef: float = Field(
+        1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Weight of the OPD term; 0 with reward.coef > 0 trains on the reward alone.",
+    )
     renormalize: bool = Field(
         False,
         description="topk only: the student's probabilities renormalised over S_t, so training never moves "
@@ -148,6 +154,23 @@ class LossConfig(Section):
     @classmethod
     def _check_estimator(cls, name: str) -> str:
         return _registered(LOSS_ESTIMATORS, name)
+
+
+class RewardConfig(Section):
+    """A verifiable task reward mixed with the OPD loss: group-normalised over a prompt's rollouts (GRPO)."""
+
+    coef: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="Weight of the task-reward term; 0 trains on the teacher alone."
+    )
+    function: str = Field("correct", description="A registered reward function (listed below).")
+    scale: Literal["std", "none"] = Field(
+        "std", description="Divide each prompt's advantages by their standard deviation (GRPO) or not (Dr. GRPO)."
+    )
+
+    @field_validator("function")
+    @classmethod
+    def _check_function(cls, name: str) -> str:
+        return _registered(REWARDS, name)
 
 
 class PruneConfig(Section):
@@ -322,6 +345,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -357,6 +381,12 @@ class Config(Section):
             )
             _require(budget.max_len <= limit, "budget.max_len", budget.max_len, f"<= rollout.max_new_tokens ({limit})")
         _require(self.prune_k <= self.loss.k, "prune.k", self.prune.k, f"<= loss.k ({self.loss.k})")
+        _require(
+            self.loss.opd_coef > 0 or self.reward.coef > 0,
+            "loss.opd_coef",
+            self.loss.opd_coef,
+            "> 0 when reward.coef is 0",
+        )
         if not self.prune.enable:
             self.rollout.truncate_on_drift = False  # truncation stops on Prune-OPD's weights: plain OPD has none
         batch = self.optim.prompts_per_step * self.rollout.n

@@ -65,16 +65,17 @@ def extract_answer(response: str, lenient: bool = False) -> str | None:
     return last_number(response) if lenient else None
 
 
-def grade_response(gold: str, response: str, lenient: bool = False) -> Grade:
-    """Grade ``response`` by its extracted answer against ``gold``, with math-verify (no time limit)."""
+def grade_response(gold: str, response: str, lenient: bool = False, timeout: int | None = None) -> Grade:
+    """Grade ``response`` by its extracted answer against ``gold``, with math-verify (``timeout`` seconds per
+    parse and comparison, main thread only; none by default: :class:`Grader` limits a worker's time instead)."""
     from math_verify import parse, verify
 
     extracted = extract_answer(response, lenient)
     if extracted is None:
         return Grade(None, False, None)
     gold_box = gold if last_boxed(gold) is not None else f"\\boxed{{{gold}}}"
-    target = parse(f"\\boxed{{{extracted}}}", parsing_timeout=None)
-    correct = bool(target) and verify(parse(gold_box, parsing_timeout=None), target, timeout_seconds=None)
+    target = parse(f"\\boxed{{{extracted}}}", parsing_timeout=timeout)
+    correct = bool(target) and verify(parse(gold_box, parsing_timeout=timeout), target, timeout_seconds=timeout)
     return Grade(extracted, correct, str(target[0]) if target else extracted.strip())
 
 

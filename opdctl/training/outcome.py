@@ -39,6 +39,7 @@ class StepOutcome:
     rollout_logprob: torch.Tensor  # [B, T] of the sampled token, as the generating engine reported it
     teacher_top1: torch.Tensor  # [B, T]
     student_top1: torch.Tensor  # [B, T]
+    reward: torch.Tensor | None = None  # [B] the task reward of each rollout (reward.coef > 0)
 
     @classmethod
     def of(
@@ -48,6 +49,7 @@ class StepOutcome:
         measured: Judgement,
         student_logprob: torch.Tensor,
         generated: torch.Tensor,
+        reward: torch.Tensor | None = None,
     ) -> StepOutcome:
         return cls(
             prompt_ids=rollouts.prompt_ids,
@@ -66,6 +68,7 @@ class StepOutcome:
             rollout_logprob=rollouts.sampled_logprobs.cpu(),
             teacher_top1=scores.topk_ids[..., 0].cpu(),
             student_top1=rollouts.topk_ids[..., 0].cpu(),
+            reward=reward,
         )
 
     def histograms(self) -> dict[str, np.ndarray]:
@@ -87,7 +90,9 @@ class StepOutcome:
         joined: dict[str, Any] = {}
         for f in fields(cls):
             values = [getattr(p, f.name) for p in parts]
-            if isinstance(values[0], list):
+            if values[0] is None:
+                joined[f.name] = None
+            elif isinstance(values[0], list):
                 joined[f.name] = [item for value in values for item in value]
             elif values[0].dim() == 1:
                 joined[f.name] = torch.cat(values)
@@ -122,6 +127,7 @@ class StepOutcome:
             "tokens_not_generated": int((max_len - self.generated)[stopped].sum()) if stopped.any() else 0,
             "tokens_discarded": int((self.generated - self.lengths).sum()),
             **{f"finish_{reason}": self.finish_reasons.count(reason) for reason in FINISH_REASONS},
+            **({"reward": float(self.reward.float().mean())} if self.reward is not None else {}),
         }
 
     def logprob_gap(self) -> dict[str, float]:

@@ -84,6 +84,16 @@ def check_lengths(config: Config, student: Student, prompts: PromptSet) -> None:
         )
 
 
+def check_answers(config: Config, prompts: PromptSet) -> None:
+    """A task reward needs every prompt's reference answer."""
+    missing = sum(answer is None for answer in prompts.answers)
+    if config.reward.coef and missing:
+        raise ConfigError(
+            f"reward.coef={config.reward.coef} needs each prompt's reference answer, and {missing} of "
+            f"{len(prompts)} prompts have none: set data.answer_field to the column that holds them"
+        )
+
+
 def start_run(config: Config, resume: Path | None = None) -> Trainer:
     """Build a trainer for a new run, or for ``resume``'s run from its newest complete checkpoint.
 
@@ -154,6 +164,7 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
         )
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)
+    check_answers(config, prompts)
     benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
     config.output.dir = str(run.path)
     trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)

@@ -38,6 +38,7 @@ ROLLOUT_SCHEMA = pa.schema(
         ("finish_reason", pa.string()),
         ("generated", pa.int32()),
         ("max_len", pa.int32()),
+        ("reward", pa.float32()),  # null without a task reward
     ]
 )
 
@@ -91,6 +92,7 @@ def trace_tables(
             "finish_reason": [outcome.finish_reasons[i] for i in picked],
             "generated": outcome.generated[rows].tolist(),
             "max_len": [max_len] * len(picked),
+            "reward": outcome.reward[rows].tolist() if outcome.reward is not None else [None] * len(picked),
         },
         schema=ROLLOUT_SCHEMA,
     )

@@ -40,6 +40,7 @@ from opdctl.runs.trackers import Trackers
 from opdctl.training.generation import generate_and_score
 from opdctl.training.outcome import StepOutcome, summarize_run
 from opdctl.training.parallel import data_parallel
+from opdctl.training.rewards import step_rewards
 from opdctl.training.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.training.timing import timed
 from opdctl.training.traces import trace_tables
@@ -209,10 +210,16 @@ class Trainer:
         seconds = {"generate": gen.generate_seconds, "score": gen.score_seconds, "drift": gen.monitor_seconds}
         with timed("drift", seconds, self.student.device):
             measured = measure_drift(cfg, rollouts, scores)
+        rewards, advantage = None, None
+        if cfg.reward.coef:
+            answers = [self.prompts.answers[i] for i in indices for _ in range(cfg.rollout.n)][start:end]
+            with timed("reward", seconds, self.student.device):
+                rewards, advantage = step_rewards(cfg, self.student.tokenizer, rollouts, answers, world)
         with timed("update", seconds, self.student.device):
-            update = self.updater.step(rollouts, scores, measured.weights.loss_weight, self._count_nonfinite)
+            weights = measured.weights.loss_weight
+            update = self.updater.step(rollouts, scores, weights, self._count_nonfinite, advantage)
 
-        local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.token_counts)
+        local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.token_counts, rewards)
         collected = world.collect((local, seconds, gen.drift_checks))
         outcome = StepOutcome.join([o for o, _, _ in collected])
         slowest = {key: max(t[key] for _, t, _ in collected) for key in seconds}
@@ -234,6 +241,7 @@ class Trainer:
             "next_max_len": self.state.budget.current_len if budget else max_len,
             "hit_ratio": budget.hit_ratio if budget else None,
             "drift_checks": sum(checks for _, _, checks in collected),
+            **({"loss_opd": update.loss_opd, "loss_reward": update.loss_reward} if cfg.reward.coef else {}),
             **{f"{key}_seconds": round(value, 5) for key, value in slowest.items()},
         }
         if self._traced(step + 1):
