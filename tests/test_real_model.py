@@ -240,3 +240,28 @@ def test_sft_teaches_the_real_model_the_form_of_a_worked_solution(real_teacher, 
     for name, model in (("base", real_teacher), ("sft", tmp_path / "sft")):
         truncated[name] = greedy_word_problems(model, tmp_path / f"eval-{name}", problems=8)["truncated"]
     assert truncated["base"] >= 0.25 and truncated["sft"] == 0  # measured: 62.5% and 0% of 8
+
+
+def test_a_privileged_context_with_unusual_characters_keeps_every_response_position(real_teacher):
+    """SmolLM2's byte-level BPE merges across text boundaries; the teacher's context must still leave the
+    student's response tokens, and their positions, untouched."""
+    from opdctl.data.prompts import chat_prompts, teacher_prompts
+    from opdctl.data.wordproblems import held_out
+
+    from .test_privileged import direct_scores
+
+    template = "{prompt}\n\n参考解答 🧮 (naïve café, ﬁ e\u0301): {solution}"  # CJK, emoji, ligature, combining accent
+    config = validate({"data": {"teacher_prompt_template": template}})
+    problems = held_out("wordproblems", 3)
+    rows = [{"prompt": p.story, "answer": p.answer, "solution": p.solution} for p in problems]
+    student = HFStudent(HFStudent.Config(model=str(real_teacher)))
+    privileged = teacher_prompts(config.data, student.tokenizer, rows)
+    for ids, row in zip(privileged, rows, strict=True):
+        assert template.format_map(row) in student.tokenizer.decode(ids)  # the context survives tokenization whole
+    prompts = chat_prompts(student.tokenizer, [row["prompt"] for row in rows], True)
+    rollouts = student.generate(prompts, Sampling(max_new_tokens=12, temperature=1.0, record_topk=4, seed=1))
+    teacher = HFTeacher(HFTeacher.Config(model=str(real_teacher)))
+    scores = teacher.score(rollouts.with_prompts(privileged), rollouts.query_ids(), 4)
+    mask = rollouts.mask
+    expected = direct_scores(real_teacher, privileged, rollouts)
+    assert torch.allclose(scores.query_logprobs[mask], expected[mask], atol=2e-3)

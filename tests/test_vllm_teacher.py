@@ -286,3 +286,21 @@ def test_a_served_teacher_is_evaluated_during_training(tiny_models, served_model
     assert result.exit_code == 0, result.output
     teacher_eval = next(r for r in read_metrics(tmp_path / "run") if r.get("when") == "teacher")
     assert teacher_eval["samples"] == 8 and teacher_eval["accuracy"] > 0  # the served model learned the task a bit
+
+
+def test_a_privileged_context_is_scored_by_the_server_as_by_transformers(served_model, vllm_server):
+    """The teacher's own prompts (data.teacher_prompt_template) go to the server row by row."""
+    from opdctl.data.prompts import teacher_prompts
+
+    problems = held_out(12)[:4]
+    rows = [{"prompt": p.prompt, "answer": p.answer, "solution": p.solution()} for p in problems]
+    config = validate({"data": {"teacher_prompt_template": "{prompt}={answer}\n{solution}"}})
+    privileged = teacher_prompts(config.data, build_tokenizer(), rows)
+    student = HFStudent(HFStudent.Config(model=str(served_model)))
+    rollouts = student.generate(PROMPTS[:4], Sampling(max_new_tokens=40, temperature=1.0, record_topk=16, seed=3))
+    scored_after = rollouts.with_prompts(privileged)
+    hf = HFTeacher(HFTeacher.Config(model=str(served_model))).score(scored_after, rollouts.query_ids(), 16)
+    served = vllm_teacher(vllm_server).score(scored_after, rollouts.query_ids(), 16)
+    mask = rollouts.mask
+    assert torch.equal(hf.topk_ids[mask], served.topk_ids[mask])
+    assert (hf.query_logprobs - served.query_logprobs)[mask].abs().max() < 1e-4

@@ -7,7 +7,7 @@ entry points (:mod:`opdctl.plugins`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -100,6 +100,11 @@ class Rollouts:
     def query_ids(self) -> torch.Tensor:
         """``[B, T, k + 1]`` ids the teacher is asked about (:class:`QueryLayout`)."""
         return QueryLayout.ids(self.topk_ids, self.response_ids)
+
+    def with_prompts(self, prompt_ids: list[list[int]] | None) -> Rollouts:
+        """The same responses after other prompts (a teacher's privileged context); position t of every
+        response stays position t: the response's token ids are not touched."""
+        return self if prompt_ids is None else replace(self, prompt_ids=[list(p) for p in prompt_ids])
 
     def responses(self) -> list[list[int]]:
         """Each response's token ids, without padding."""

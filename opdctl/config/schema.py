@@ -65,6 +65,12 @@ class DataConfig(Section):
     prompt_template: str = Field(
         "{prompt}", description="Format string for text prompts: {prompt} and any column name, e.g. '{problem} ...'."
     )
+    teacher_prompt_template: str | None = Field(
+        None,
+        description="A privileged context: the teacher scores each rollout after this prompt, a format string over "
+        "the row ({prompt}, {answer}, {solution} of the built-in tasks, or any column), while the student sees only "
+        "its own prompt; unset, the teacher sees the student's prompt.",
+    )
     chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template when it has one.")
     max_prompt_tokens: int = Field(
         1024, ge=1, description="Longer prompts are an error naming the row (or skipped, see skip_long_prompts)."

@@ -30,6 +30,7 @@ class PromptSet:
     texts: list[str]
     answers: list[str | None]
     solutions: list[str] | None = None  # worked solutions, when the source has them (built-in word problems)
+    teacher_ids: list[list[int]] | None = None  # the teacher's own prompts (data.teacher_prompt_template)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -123,12 +124,48 @@ def builtin_problems(source: str, seed: int) -> Iterator[Any]:
 
 
 def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> PromptSet:
-    """The training prompts named by the ``data`` section."""
+    """The training prompts named by the ``data`` section (and the teacher's, with a privileged context)."""
     if config.source in BUILTIN_TASKS:
         problems = list(islice(builtin_problems(config.source, seed), config.limit or BUILTIN_TRAINING_PROMPTS))
         texts, answers = [p.prompt for p in problems], [p.answer for p in problems]
         solutions = [p.solution for p in problems] if config.source != "demo" else None
-        return PromptSet(chat_prompts(tokenizer, texts, config.chat_template), texts, answers, solutions)
+        prompts = PromptSet(chat_prompts(tokenizer, texts, config.chat_template), texts, answers, solutions)
+        rows = [_problem_row(p) for p in problems]
+    else:
+        prompts, rows = _file_prompts(config, tokenizer)
+    if config.teacher_prompt_template is not None:
+        prompts.teacher_ids = teacher_prompts(config, tokenizer, rows)
+    return prompts
+
+
+def _problem_row(problem: Any) -> dict[str, str]:
+    """A built-in problem's fields for a teacher template: prompt, answer and its worked solution."""
+    solution = problem.solution() if callable(problem.solution) else problem.solution
+    return {"prompt": problem.prompt, "answer": problem.answer, "solution": solution}
+
+
+def teacher_prompts(
+    config: DataConfig, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]]
+) -> list[list[int]]:
+    """The teacher's prompt of each row: ``data.teacher_prompt_template`` over the row, through the chat template.
+
+    Only the prompts differ: the teacher scores the student's very response tokens after them, so the
+    response's positions are the same for both models whatever characters the template holds."""
+    template = config.teacher_prompt_template or ""
+    texts = []
+    for index, row in enumerate(rows):
+        try:
+            texts.append(template.format_map(row))
+        except (KeyError, IndexError, ValueError) as exc:
+            fields = ", ".join(row)
+            raise DataError(
+                f"data.teacher_prompt_template {template!r} fails on row {index + 1}: {exc!r} (fields: {fields})"
+            ) from exc
+    return chat_prompts(tokenizer, texts, config.chat_template)
+
+
+def _file_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[PromptSet, list[dict[str, Any]]]:
+    """The prompts of a data file or hub dataset, and the rows they came from."""
     rows = load_rows(config.source, config.split, config.name)[: config.limit]
     if not rows:
         raise DataError(
@@ -151,7 +188,7 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
             skipped.append(index)
             continue
         usable.append((index, row, _prompt_content(row, config, index)))
-    prompts, too_long = PromptSet([], [], []), 0
+    prompts, too_long, kept = PromptSet([], [], []), 0, []
     all_ids = chat_prompts(tokenizer, [content for _, _, content in usable], config.chat_template)
     for (index, row, content), ids in zip(usable, all_ids, strict=True):
         if len(ids) > config.max_prompt_tokens:
@@ -163,6 +200,7 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
                 f"{config.max_prompt_tokens} (raise it, set data.skip_long_prompts=true, or remove long prompts)"
             )
         prompts.ids.append(ids)
+        kept.append({**row, "prompt": row[config.prompt_field]})
         prompts.texts.append(content if isinstance(content, str) else content[-1]["content"])
         answer = row.get(config.answer_field) if config.answer_field else None
         prompts.answers.append(None if answer is None else str(answer))
@@ -183,7 +221,7 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         )
     if not prompts.ids:
         raise DataError(f"dataset {config.source!r} has no row with a usable {config.prompt_field!r}: fix the data")
-    return prompts
+    return prompts, kept
 
 
 def _prompt_problem(value: Any, field: str) -> str | None:

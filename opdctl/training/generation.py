@@ -36,14 +36,23 @@ class Generation:
 
 
 def generate_and_score(
-    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+    config: Config,
+    student: Student,
+    teacher: Teacher,
+    prompts: list[list[int]],
+    sampling: Sampling,
+    teacher_prompts: list[list[int]] | None = None,
 ) -> Generation:
-    """Rollouts of ``prompts`` and their teacher scores, by the strategy the config and the teacher allow."""
+    """Rollouts of ``prompts`` and their teacher scores, by the strategy the config and the teacher allow.
+
+    With ``teacher_prompts`` (a privileged context, row for row) the teacher scores each response after its
+    own prompt instead of the student's."""
+    scored_after = teacher_prompts or prompts
     if truncates(config, teacher):
-        return monitored(config, student, teacher, prompts, sampling)
+        return monitored(config, student, teacher, prompts, sampling, scored_after)
     if isinstance(teacher, OverlappedScoring) and teacher.overlaps_generation:
-        return overlapped(config, student, teacher, prompts, sampling)
-    return sequential(config, student, teacher, prompts, sampling)
+        return overlapped(config, student, teacher, prompts, sampling, scored_after)
+    return sequential(config, student, teacher, prompts, sampling, scored_after)
 
 
 def truncates(config: Config, teacher: Teacher) -> bool:
@@ -55,11 +64,17 @@ def truncates(config: Config, teacher: Teacher) -> bool:
 
 
 def monitored(
-    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+    config: Config,
+    student: Student,
+    teacher: Teacher,
+    prompts: list[list[int]],
+    sampling: Sampling,
+    teacher_prompts: list[list[int]],
 ) -> Generation:
     """Score while generating; stop rollouts whose weight can no longer matter."""
     started = now(student.device)
-    monitor = DriftMonitor(config, teacher.stream(prompts), len(prompts), sampling.max_new_tokens, config.loss.k + 1)
+    stream = teacher.stream(teacher_prompts)
+    monitor = DriftMonitor(config, stream, len(prompts), sampling.max_new_tokens, config.loss.k + 1)
     try:
         rollouts = student.generate(prompts, sampling, monitor=monitor)
     finally:
@@ -71,24 +86,35 @@ def monitored(
 
 
 def sequential(
-    config: Config, student: Student, teacher: Teacher, prompts: list[list[int]], sampling: Sampling
+    config: Config,
+    student: Student,
+    teacher: Teacher,
+    prompts: list[list[int]],
+    sampling: Sampling,
+    teacher_prompts: list[list[int]],
 ) -> Generation:
     """Generate the whole batch, then score it."""
     started = now(student.device)
     rollouts = student.generate(prompts, sampling)
     generated = now(student.device)
-    scores = teacher.score(rollouts, rollouts.query_ids(), config.prune_k)
+    scores = teacher.score(rollouts.with_prompts(teacher_prompts), rollouts.query_ids(), config.prune_k)
     return Generation(rollouts, scores, generated - started, now(student.device) - generated, rollouts.lengths)
 
 
 def overlapped(
-    config: Config, student: Student, teacher: OverlappedScoring, prompts: list[list[int]], sampling: Sampling
+    config: Config,
+    student: Student,
+    teacher: OverlappedScoring,
+    prompts: list[list[int]],
+    sampling: Sampling,
+    teacher_prompts: list[list[int]],
 ) -> Generation:
     """Send rows to the teacher as they finish; wait for all their scores at the end."""
     pending = []
 
     def submit(rows: list[int], part: Rollouts) -> None:
-        pending.append((rows, teacher.submit(part, part.query_ids(), config.prune_k)))
+        scored = part.with_prompts([teacher_prompts[row] for row in rows])
+        pending.append((rows, teacher.submit(scored, part.query_ids(), config.prune_k)))
 
     started = now(student.device)
     rollouts = student.generate(prompts, sampling, on_finished=submit)

@@ -39,6 +39,7 @@ ROLLOUT_SCHEMA = pa.schema(
         ("generated", pa.int32()),
         ("max_len", pa.int32()),
         ("reward", pa.float32()),  # null without a task reward
+        ("teacher_prompt_ids", pa.list_(pa.int32())),  # null unless the teacher has a privileged context
     ]
 )
 
@@ -49,9 +50,15 @@ def traced_rows(config: Config, batch: int) -> list[int]:
 
 
 def trace_tables(
-    step: int, prompt_indices: list[int], config: Config, outcome: StepOutcome, max_len: int
+    step: int,
+    prompt_indices: list[int],
+    config: Config,
+    outcome: StepOutcome,
+    max_len: int,
+    teacher_prompts: list[list[int]] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """The traced rollouts of one step: (tokens table, rollouts table)."""
+    """The traced rollouts of one step: (tokens table, rollouts table); ``teacher_prompts``: what the teacher
+    scored each rollout after, when not the student's prompt."""
     rows = torch.tensor(traced_rows(config, len(outcome.finish_reasons)), dtype=torch.long)
     r_idx, pos = outcome.mask[rows].nonzero(as_tuple=True)
     b = rows[r_idx]
@@ -93,6 +100,7 @@ def trace_tables(
             "generated": outcome.generated[rows].tolist(),
             "max_len": [max_len] * len(picked),
             "reward": outcome.reward[rows].tolist() if outcome.reward is not None else [None] * len(picked),
+            "teacher_prompt_ids": [teacher_prompts[i] for i in picked] if teacher_prompts else [None] * len(picked),
         },
         schema=ROLLOUT_SCHEMA,
     )

@@ -205,7 +205,9 @@ class Trainer:
             row_offset=start,
         )
 
-        gen = generate_and_score(cfg, self.student, self.teacher, prompts[start:end], sampling)
+        teacher_prompts = self._teacher_prompts(indices)
+        own = teacher_prompts[start:end] if teacher_prompts else None
+        gen = generate_and_score(cfg, self.student, self.teacher, prompts[start:end], sampling, own)
         rollouts, scores = gen.rollouts, gen.scores
         seconds = {"generate": gen.generate_seconds, "score": gen.score_seconds, "drift": gen.monitor_seconds}
         with timed("drift", seconds, self.student.device):
@@ -245,9 +247,16 @@ class Trainer:
             **{f"{key}_seconds": round(value, 5) for key, value in slowest.items()},
         }
         if self._traced(step + 1):
-            self.run.write_traces(step + 1, *trace_tables(step + 1, indices, cfg, outcome, max_len))
+            tables = trace_tables(step + 1, indices, cfg, outcome, max_len, teacher_prompts)
+            self.run.write_traces(step + 1, *tables)
         self._check_logprobs(step + 1, record["logprob_gap_max"], record["logprob_gap_mean"])
         return record, outcome
+
+    def _teacher_prompts(self, indices: list[int]) -> list[list[int]] | None:
+        """The teacher's prompt of every rollout of the step, when it has a privileged context."""
+        if self.prompts.teacher_ids is None:
+            return None
+        return [self.prompts.teacher_ids[i] for i in indices for _ in range(self.config.rollout.n)]
 
     def _check_logprobs(self, step: int, gap_max: float, gap_mean: float) -> None:
         """Warn when generation and training disagree about the sampled tokens (precision, stale weights)."""
