@@ -95,7 +95,7 @@ def test_budget_max_len_defaults_to_the_hard_limit():
         ("optim.steps=many", "optim.steps='many': input should be a valid integer"),
         ("optim.steps=2.5", "optim.steps=2.5: input should be a valid integer"),
         ("rollout.n=0", "rollout.n=0: input should be greater than or equal to 1"),
-        ("bogus.key=1", "unknown config key 'bogus'; allowed keys here: seed, student, teacher, data"),
+        ("bogus.key=1", "unknown config key 'bogus'; allowed keys here: seed, student, teacher, teachers, data"),
         ("teacher.base_url=http://x", "unknown config key 'teacher.base_url'; allowed keys here: backend, model"),
         ("budget.init_len=99999", "budget.init_len=99999: must be <= budget.max_len (12288)"),
         ("prune.k=32", "prune.k=32: must be <= loss.k (16)"),

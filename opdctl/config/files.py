@@ -117,6 +117,12 @@ def validate(raw: dict[str, Any]) -> Config:
     raw = dict(raw)
     for kind in ("student", "teacher"):
         raw[kind] = _backend_section(kind, raw.get(kind, {} if kind == "student" else {"model": "demo:teacher"}))
+    teachers = raw.get("teachers") or {}
+    if not isinstance(teachers, dict):
+        raise ConfigError(f"teachers must be a mapping of names to teacher sections, got {teachers!r}")
+    raw["teachers"] = {
+        name: _backend_section("teacher", section, f"teachers.{name}") for name, section in teachers.items()
+    }
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
@@ -131,20 +137,22 @@ def _refuse_renamed(raw: dict[str, Any]) -> None:
             raise ConfigError(f"config key {old} is now {new}: rename it (same meaning, same value)")
 
 
-def _backend_section(kind: str, section: Any) -> BackendConfig:
-    """Validate a teacher/student section against the schema of the backend it names."""
+def _backend_section(kind: str, section: Any, key: str | None = None) -> BackendConfig:
+    """Validate a teacher/student section (at config key ``key``, by default ``kind``) against the schema of the
+    backend it names."""
+    key = key or kind
     if isinstance(section, BackendConfig):
         return section
     if not isinstance(section, dict):
-        raise ConfigError(f"{kind} must be a mapping of keys (backend, model, ...), got {section!r}")
+        raise ConfigError(f"{key} must be a mapping of keys (backend, model, ...), got {section!r}")
     name = section.get("backend", "hf")
     if not isinstance(name, str):
-        raise ConfigError(f"{kind}.backend={name!r}: must be a backend name such as 'hf'")
-    schema = BACKENDS[kind].get(name).Config
+        raise ConfigError(f"{key}.backend={name!r}: must be a backend name such as 'hf'")
+    schema = BACKENDS[kind].get(name, setting=f"{key}.backend").Config
     try:
         return schema.model_validate(section)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, schema, prefix=kind)) from None
+        raise ConfigError(format_validation_error(exc, schema, prefix=key)) from None
 
 
 def format_validation_error(exc: ValidationError, schema: type[BaseModel], prefix: str = "") -> str:

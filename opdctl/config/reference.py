@@ -26,7 +26,7 @@ def reference_markdown() -> str:
         "",
     ]
     for name, field in Config.model_fields.items():
-        if name not in ("seed", "student", "teacher"):
+        if name not in ("seed", "student", "teacher", "teachers"):
             lines += _section_table(name, field.annotation)
     for registry in (DRIFT_METRICS, LOSS_ESTIMATORS, REWARDS):
         lines += _registry_table(registry)

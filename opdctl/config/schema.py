@@ -65,6 +65,9 @@ class DataConfig(Section):
     prompt_template: str = Field(
         "{prompt}", description="Format string for text prompts: {prompt} and any column name, e.g. '{problem} ...'."
     )
+    teacher_field: str | None = Field(
+        None, description="With teachers: the column whose value names the teacher of each row (its data source)."
+    )
     teacher_prompt_template: str | None = Field(
         None,
         description="A privileged context: the teacher scores each rollout after this prompt, a format string over "
@@ -348,6 +351,11 @@ class Config(Section):
     seed: int = Field(0, description="Seeds prompt order and sampling; same seed, same run on CPU.")
     student: SerializeAsAny[BackendConfig] = Field(default_factory=BackendConfig)
     teacher: SerializeAsAny[BackendConfig] = Field(default_factory=lambda: BackendConfig(model="demo:teacher"))
+    teachers: dict[str, SerializeAsAny[BackendConfig]] = Field(
+        default_factory=dict,
+        description="Several teachers by name, each any backend (keys as under teacher); data.teacher_field picks "
+        "one per row, the first scores what has no row (evaluation). Empty: the one teacher above.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -387,6 +395,12 @@ class Config(Section):
             )
             _require(budget.max_len <= limit, "budget.max_len", budget.max_len, f"<= rollout.max_new_tokens ({limit})")
         _require(self.prune_k <= self.loss.k, "prune.k", self.prune.k, f"<= loss.k ({self.loss.k})")
+        _require(
+            bool(self.teachers) == (self.data.teacher_field is not None),
+            "data.teacher_field",
+            self.data.teacher_field,
+            "set together with teachers (the column that names each row's teacher)",
+        )
         _require(
             self.loss.opd_coef > 0 or self.reward.coef > 0,
             "loss.opd_coef",

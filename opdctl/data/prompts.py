@@ -31,6 +31,7 @@ class PromptSet:
     answers: list[str | None]
     solutions: list[str] | None = None  # worked solutions, when the source has them (built-in word problems)
     teacher_ids: list[list[int]] | None = None  # the teacher's own prompts (data.teacher_prompt_template)
+    teacher_names: list[str] | None = None  # which of several teachers scores each prompt (data.teacher_field)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -135,7 +136,24 @@ def load_prompts(config: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: i
         prompts, rows = _file_prompts(config, tokenizer)
     if config.teacher_prompt_template is not None:
         prompts.teacher_ids = teacher_prompts(config, tokenizer, rows)
+    if config.teacher_field is not None:
+        prompts.teacher_names = _teacher_names(config, rows)
     return prompts
+
+
+def _teacher_names(config: DataConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's teacher, from its ``data.teacher_field`` column."""
+    field, names = config.teacher_field, []
+    for index, row in enumerate(rows):
+        value = row.get(field)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            columns = ", ".join(row)
+            raise DataError(
+                f"{config.source} row {index + 1} has no {field!r} to pick its teacher (columns: {columns}): "
+                "fill it, or set data.teacher_field to the column that names each row's teacher"
+            )
+        names.append(str(value))
+    return names
 
 
 def _problem_row(problem: Any) -> dict[str, str]:

@@ -40,6 +40,7 @@ class StepOutcome:
     teacher_top1: torch.Tensor  # [B, T]
     student_top1: torch.Tensor  # [B, T]
     reward: torch.Tensor | None = None  # [B] the task reward of each rollout (reward.coef > 0)
+    teachers: list[str] | None = None  # which teacher scored each rollout (several teachers)
 
     @classmethod
     def of(
@@ -50,6 +51,7 @@ class StepOutcome:
         student_logprob: torch.Tensor,
         generated: torch.Tensor,
         reward: torch.Tensor | None = None,
+        teachers: list[str] | None = None,
     ) -> StepOutcome:
         return cls(
             prompt_ids=rollouts.prompt_ids,
@@ -69,6 +71,7 @@ class StepOutcome:
             teacher_top1=scores.topk_ids[..., 0].cpu(),
             student_top1=rollouts.topk_ids[..., 0].cpu(),
             reward=reward,
+            teachers=teachers,
         )
 
     def histograms(self) -> dict[str, np.ndarray]:
@@ -128,7 +131,24 @@ class StepOutcome:
             "tokens_discarded": int((self.generated - self.lengths).sum()),
             **{f"finish_{reason}": self.finish_reasons.count(reason) for reason in FINISH_REASONS},
             **({"reward": float(self.reward.float().mean())} if self.reward is not None else {}),
+            **({"by_teacher": self.by_teacher()} if self.teachers is not None else {}),
         }
+
+    def by_teacher(self) -> dict[str, dict[str, float]]:
+        """The step's drift and divergence per teacher (several teachers): rollouts, overlap, weight, reverse KL,
+        effective length."""
+        found = {}
+        for name in dict.fromkeys(self.teachers or []):
+            rows = torch.tensor([i for i, who in enumerate(self.teachers or []) if who == name])
+            mask = self.mask[rows]
+            found[name] = {
+                "rollouts": len(rows),
+                "overlap": _mean(self.overlap[rows], mask),
+                "weight": _mean(self.weight[rows], mask),
+                "reverse_kl": reverse_kl_estimate(self.student_logprob[rows], self.teacher_logprob[rows], mask),
+                "effective_length": float(self.effective_length[rows].float().mean()),
+            }
+        return found
 
     def logprob_gap(self) -> dict[str, float]:
         """How far the generating engine's log-probs of the sampled tokens are from the training forward pass."""

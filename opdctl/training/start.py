@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from opdctl.backends.protocols import Student, Teacher
+from opdctl.backends.routed import RoutedTeacher
 from opdctl.config.files import apply_override, read_yaml, validate
 from opdctl.config.schema import BackendConfig, Config
 from opdctl.data.benchmarks import check_bench, load_benchmarks
@@ -45,13 +46,39 @@ def load_backends(
     With several processes on GPUs, each loads its models onto its own GPU.
     """
     world = world or World()
-    student_config, teacher_config = _on_own_device(config.student, world), _on_own_device(config.teacher, world)
+    student_config = _on_own_device(config.student, world)
     if student_model is not None:
         student_config = student_config.model_copy(update={"model": student_model})
     student = STUDENTS.get(config.student.backend)(student_config)
-    teacher = TEACHERS.get(config.teacher.backend)(teacher_config)
+    teacher = build_teacher(config, world)
     teacher.check(student.tokenizer, config.prune_k, config.loss.k)
     return student, teacher
+
+
+def build_teacher(config: Config, world: World | None = None) -> Teacher:
+    """The configured teacher, or the named teachers as one (``teachers``), each on this process's device."""
+    world = world or World()
+    if not config.teachers:
+        return TEACHERS.get(config.teacher.backend)(_on_own_device(config.teacher, world))
+    built: dict[str, Teacher] = {}
+    try:
+        for name, section in config.teachers.items():
+            built[name] = TEACHERS.get(section.backend, f"teachers.{name}.backend")(_on_own_device(section, world))
+    except BaseException:
+        for teacher in built.values():
+            teacher.close()
+        raise
+    return RoutedTeacher(built)
+
+
+def check_routes(config: Config, prompts: PromptSet) -> None:
+    """Every row's teacher is one of ``teachers``."""
+    unknown = sorted(set(prompts.teacher_names or []) - set(config.teachers))
+    if unknown:
+        raise ConfigError(
+            f"data.teacher_field={config.data.teacher_field!r} names teachers that are not configured: "
+            f"{', '.join(map(repr, unknown))}; add them under teachers (configured: {', '.join(config.teachers)})"
+        )
 
 
 def _on_own_device(section: BackendConfig, world: World) -> BackendConfig:
@@ -63,7 +90,7 @@ def _on_own_device(section: BackendConfig, world: World) -> BackendConfig:
 def check_teacher(config: Config) -> dict[str, str]:
     """Probe the teacher with the student's tokenizer only (no student weights are loaded)."""
     tokenizer = STUDENTS.get(config.student.backend).load_tokenizer(config.student)
-    teacher = TEACHERS.get(config.teacher.backend)(config.teacher)
+    teacher = build_teacher(config)
     try:
         return teacher.check(tokenizer, config.prune_k, config.loss.k)
     finally:
@@ -165,6 +192,7 @@ def _build_trainer(config: Config, run: RunDir, resuming: bool, world: World) ->
     prompts = load_prompts(config.data, student.tokenizer, config.seed)
     check_lengths(config, student, prompts)
     check_answers(config, prompts)
+    check_routes(config, prompts)
     benchmarks = load_benchmarks(config.eval.bench, limit=config.eval.max_problems) if config.eval.bench else []
     config.output.dir = str(run.path)
     trainer = Trainer(config, run, student, teacher, prompts, world, benchmarks)

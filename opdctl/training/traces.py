@@ -40,6 +40,7 @@ ROLLOUT_SCHEMA = pa.schema(
         ("max_len", pa.int32()),
         ("reward", pa.float32()),  # null without a task reward
         ("teacher_prompt_ids", pa.list_(pa.int32())),  # null unless the teacher has a privileged context
+        ("teacher", pa.string()),  # null with one teacher: the name of the one of several that scored the rollout
     ]
 )
 
@@ -101,6 +102,7 @@ def trace_tables(
             "max_len": [max_len] * len(picked),
             "reward": outcome.reward[rows].tolist() if outcome.reward is not None else [None] * len(picked),
             "teacher_prompt_ids": [teacher_prompts[i] for i in picked] if teacher_prompts else [None] * len(picked),
+            "teacher": [outcome.teachers[i] for i in picked] if outcome.teachers else [None] * len(picked),
         },
         schema=ROLLOUT_SCHEMA,
     )

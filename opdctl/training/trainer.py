@@ -207,7 +207,9 @@ class Trainer:
 
         teacher_prompts = self._teacher_prompts(indices)
         own = teacher_prompts[start:end] if teacher_prompts else None
-        gen = generate_and_score(cfg, self.student, self.teacher, prompts[start:end], sampling, own)
+        routes = self._routes(indices)
+        teacher = self.teacher.for_rows(routes[start:end]) if routes else self.teacher
+        gen = generate_and_score(cfg, self.student, teacher, prompts[start:end], sampling, own)
         rollouts, scores = gen.rollouts, gen.scores
         seconds = {"generate": gen.generate_seconds, "score": gen.score_seconds, "drift": gen.monitor_seconds}
         with timed("drift", seconds, self.student.device):
@@ -221,7 +223,9 @@ class Trainer:
             weights = measured.weights.loss_weight
             update = self.updater.step(rollouts, scores, weights, self._count_nonfinite, advantage)
 
-        local = StepOutcome.of(rollouts, scores, measured, update.sampled_logprobs, gen.token_counts, rewards)
+        local = StepOutcome.of(
+            rollouts, scores, measured, update.sampled_logprobs, gen.token_counts, rewards, routes and routes[start:end]
+        )
         collected = world.collect((local, seconds, gen.drift_checks))
         outcome = StepOutcome.join([o for o, _, _ in collected])
         slowest = {key: max(t[key] for _, t, _ in collected) for key in seconds}
@@ -257,6 +261,12 @@ class Trainer:
         if self.prompts.teacher_ids is None:
             return None
         return [self.prompts.teacher_ids[i] for i in indices for _ in range(self.config.rollout.n)]
+
+    def _routes(self, indices: list[int]) -> list[str] | None:
+        """Which teacher scores every rollout of the step, with several teachers (``teachers``)."""
+        if self.prompts.teacher_names is None:
+            return None
+        return [self.prompts.teacher_names[i] for i in indices for _ in range(self.config.rollout.n)]
 
     def _check_logprobs(self, step: int, gap_max: float, gap_mean: float) -> None:
         """Warn when generation and training disagree about the sampled tokens (precision, stale weights)."""
