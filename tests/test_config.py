@@ -146,3 +146,8 @@ def test_docs_config_reference_is_current():
 
     docs = Path(__file__).parent.parent / "docs" / "config.md"
     assert docs.read_text() == reference_markdown(), "regenerate with: opdctl config --reference > docs/config.md"
+
+
+def test_the_teacher_returns_loss_k_ids_only_for_an_estimator_that_reads_them():
+    assert validate({"loss": {"k": 8}, "prune": {"k": 2}}).teacher_k == 2  # the drift metric's
+    assert validate({"loss": {"k": 8, "estimator": "forward_topk"}, "prune": {"k": 2}}).teacher_k == 8

@@ -427,6 +427,13 @@ class Config(Section):
         """Top-k size of the drift metric."""
         return self.prune.k or self.loss.k
 
+    @property
+    def teacher_k(self) -> int:
+        """How many of its top ids the teacher returns: the drift metric's ``prune_k``, or ``loss.k`` for an
+        estimator that reads the teacher's top-k (forward_topk); the drift metric uses the first ``prune_k``."""
+        estimator = LOSS_ESTIMATORS.get(self.loss.estimator)
+        return self.loss.k if getattr(estimator, "queries_teacher_topk", False) else self.prune_k
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

@@ -97,7 +97,7 @@ def sequential(
     started = now(student.device)
     rollouts = student.generate(prompts, sampling)
     generated = now(student.device)
-    scores = teacher.score(rollouts.with_prompts(teacher_prompts), rollouts.query_ids(), config.prune_k)
+    scores = teacher.score(rollouts.with_prompts(teacher_prompts), rollouts.query_ids(), config.teacher_k)
     return Generation(rollouts, scores, generated - started, now(student.device) - generated, rollouts.lengths)
 
 
@@ -114,7 +114,7 @@ def overlapped(
 
     def submit(rows: list[int], part: Rollouts) -> None:
         scored = part.with_prompts([teacher_prompts[row] for row in rows])
-        pending.append((rows, teacher.submit(scored, part.query_ids(), config.prune_k)))
+        pending.append((rows, teacher.submit(scored, part.query_ids(), config.teacher_k)))
 
     started = now(student.device)
     rollouts = student.generate(prompts, sampling, on_finished=submit)

@@ -43,7 +43,7 @@ class DriftMonitor:
         self.to_stop = bad_events_to_stop(config.prune.w_drop, config.prune.stop_weight)
         self.chunk_tokens = self._next_chunk(torch.zeros(1, dtype=torch.long), generated=0)
         self.checks = 0  # chunks observed
-        k = config.prune_k
+        k = config.teacher_k
         self.topk_ids = torch.zeros((batch, max_len, k), dtype=torch.long)
         self.topk_logprobs = torch.zeros((batch, max_len, k))
         self.query_logprobs = torch.zeros((batch, max_len, query_width))
@@ -60,7 +60,7 @@ class DriftMonitor:
         valid = torch.arange(width).unsqueeze(0) < new.unsqueeze(1)
         query = chunk.query_ids()
         scoring = time.perf_counter()
-        scores = self.stream.extend(chunk.rows, chunk.tokens, new, query, k)
+        scores = self.stream.extend(chunk.rows, chunk.tokens, new, query, cfg.teacher_k)
         started += time.perf_counter() - scoring
         self._store(rows, chunk.start, width, scores)
         view = DriftView.of(chunk.topk_ids, chunk.topk_logprobs, chunk.tokens, scores, k)
