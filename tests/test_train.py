@@ -305,7 +305,7 @@ def test_length_grouped_micro_batches_give_the_whole_batch_update(tiny_models, t
         rollouts = student.generate(prompts, Sampling(24, 1.0, record_topk=4, seed=5))
         scores = teacher.score(rollouts, rollouts.query_ids(), 2)
         weights = measure_drift(config, rollouts, scores).weights.loss_weight
-        update = trainer.update(rollouts, rollouts.query_ids(), scores, weights)
+        update = trainer.updater.step(rollouts, scores, weights, trainer._count_nonfinite)
         results.append((update, [p.detach().clone() for p in student.model.parameters()], rollouts))
     (one, params_one, rollouts), (grouped, params_grouped, _) = results
     assert len(set(rollouts.lengths.tolist())) > 3  # lengths differ: the groups pad differently
@@ -347,12 +347,12 @@ def test_updates_per_step_update_once_per_mini_batch_in_order(tiny_models, tmp_p
     rollouts = both.student.generate(prompts, Sampling(24, 1.0, record_topk=4, seed=5))
     scores = both.teacher.score(rollouts, rollouts.query_ids(), 2)
     weights = measure_drift(both.config, rollouts, scores).weights.loss_weight
-    update = both.update(rollouts, rollouts.query_ids(), scores, weights)
+    update = both.updater.step(rollouts, scores, weights, both._count_nonfinite)
     for rows in ([0, 1, 2, 3], [4, 5, 6, 7]):
         part = rollouts.select(rows)
         width = part.response_ids.shape[1]
         part_scores = halves.teacher.score(part, part.query_ids(), 2)
-        halves.update(part, part.query_ids(), part_scores, weights[rows, :width])
+        halves.updater.step(part, part_scores, weights[rows, :width], halves._count_nonfinite)
     for a, b in zip(both.student.model.parameters(), halves.student.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     assert both.updater.scheduler.last_epoch == 2 and update.lr == halves.updater.lr
