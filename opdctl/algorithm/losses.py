@@ -290,7 +290,7 @@ def opd_loss(config: Config, student: torch.Tensor, targets: LossTargets) -> tor
 def mixed_loss(config: Config, student: torch.Tensor, targets: LossTargets) -> tuple[torch.Tensor, torch.Tensor]:
     """The two terms of the loss: ``loss.opd_coef`` times the OPD loss, ``reward.coef`` times the task-reward
     term (zero without a reward); their sum is what the update minimises."""
-    opd = config.loss.opd_coef * opd_loss(config, student, targets) if config.loss.opd_coef else student.sum() * 0
+    opd = config.loss.opd_coef * opd_loss(config, student, targets) if config.loss.opd_coef else student.new_zeros(())
     if targets.advantage is None or not config.reward.coef:
         return opd, torch.zeros_like(opd)
     sampled = QueryLayout.sampled(student[..., : targets.teacher.shape[-1]])

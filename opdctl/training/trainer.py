@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -45,6 +45,8 @@ from opdctl.training.stopping import Stopped, StopRequest, stop_on_signals
 from opdctl.training.timing import timed
 from opdctl.training.traces import trace_tables
 from opdctl.training.update import Updater
+
+T = TypeVar("T")
 
 
 class Trainer:
@@ -193,7 +195,7 @@ class Trainer:
         the outcome of the whole batch."""
         cfg, step, world = self.config, self.state.step, self.world
         indices = self.sampler.indices(step, cfg.optim.prompts_per_step)
-        prompts = [self.prompts.ids[i] for i in indices for _ in range(cfg.rollout.n)]
+        prompts = self._per_rollout(self.prompts.ids, indices)
         start, end = world.share(len(prompts))
         max_len = self.state.budget.current_len if cfg.budget.enable else cfg.rollout.max_new_tokens
         sampling = Sampling(
@@ -205,9 +207,9 @@ class Trainer:
             row_offset=start,
         )
 
-        teacher_prompts = self._teacher_prompts(indices)
+        teacher_prompts = self._per_rollout(self.prompts.teacher_ids, indices)  # a privileged context
         own = teacher_prompts[start:end] if teacher_prompts else None
-        routes = self._routes(indices)
+        routes = self._per_rollout(self.prompts.teacher_names, indices)  # several teachers
         teacher = self.teacher.for_rows(routes[start:end]) if routes else self.teacher
         gen = generate_and_score(cfg, self.student, teacher, prompts[start:end], sampling, own)
         rollouts, scores = gen.rollouts, gen.scores
@@ -216,7 +218,7 @@ class Trainer:
             measured = measure_drift(cfg, rollouts, scores)
         rewards, advantage = None, None
         if cfg.reward.coef:
-            answers = [self.prompts.answers[i] for i in indices for _ in range(cfg.rollout.n)][start:end]
+            answers = self._per_rollout(self.prompts.answers, indices)[start:end]
             with timed("reward", seconds, self.student.device):
                 rewards, advantage = step_rewards(cfg, self.student.tokenizer, rollouts, answers, world)
         with timed("update", seconds, self.student.device):
@@ -256,17 +258,12 @@ class Trainer:
         self._check_logprobs(step + 1, record["logprob_gap_max"], record["logprob_gap_mean"])
         return record, outcome
 
-    def _teacher_prompts(self, indices: list[int]) -> list[list[int]] | None:
-        """The teacher's prompt of every rollout of the step, when it has a privileged context."""
-        if self.prompts.teacher_ids is None:
+    def _per_rollout(self, values: list[T] | None, indices: list[int]) -> list[T] | None:
+        """A per-prompt list (prompt ids, teacher prompts, teacher names, answers) for the step's rollouts:
+        each of the prompts ``indices`` ``rollout.n`` times; None stays None."""
+        if values is None:
             return None
-        return [self.prompts.teacher_ids[i] for i in indices for _ in range(self.config.rollout.n)]
-
-    def _routes(self, indices: list[int]) -> list[str] | None:
-        """Which teacher scores every rollout of the step, with several teachers (``teachers``)."""
-        if self.prompts.teacher_names is None:
-            return None
-        return [self.prompts.teacher_names[i] for i in indices for _ in range(self.config.rollout.n)]
+        return [values[i] for i in indices for _ in range(self.config.rollout.n)]
 
     def _check_logprobs(self, step: int, gap_max: float, gap_mean: float) -> None:
         """Warn when generation and training disagree about the sampled tokens (precision, stale weights)."""
