@@ -55,6 +55,12 @@ def vllm_teacher(request: pytest.FixtureRequest) -> Teacher:
     return VLLMTeacher(VLLMTeacher.Config(model="teacher", base_url=server.url))
 
 
+def routed_teacher(request: pytest.FixtureRequest) -> Teacher:
+    from opdctl.backends.routed import RoutedTeacher
+
+    return RoutedTeacher({"a": hf_teacher(request), "b": hf_teacher(request)}).for_rows(["b", "a", "b"])
+
+
 Build = Callable[[pytest.FixtureRequest], Any]
 STUDENTS: dict[str, tuple[Build, Callable[[], list[list[int]]]]] = {  # the student, and prompts it takes
     "fake": (lambda request: FakeStudent(), fake_prompts),
@@ -65,6 +71,7 @@ TEACHERS: dict[str, tuple[Build, str]] = {  # the teacher, and the student whose
     "fake": (lambda request: FakeTeacher(), "fake"),
     "hf": (hf_teacher, "hf"),
     "vllm": (vllm_teacher, "hf-served"),  # a real server: slow, and skipped where vLLM is not installed
+    "routed": (routed_teacher, "hf"),  # several teachers as one (teachers, data.teacher_field)
 }
 SLOW = {"vllm", "hf-served"}  # a server, and the model it serves (trained for the test)
 
