@@ -5,7 +5,7 @@ seeds, evaluates held-out accuracy every --eval-every steps, and prints per arm:
 the end (mean and spread over seeds), training CPU and wall seconds, and tokens generated.
 
     python benchmarks/combinations.py --arms topk forward_topk k3 --seeds 0 --steps 40
-    python benchmarks/combinations.py --arms opd reward_only mixed --seeds 0 --steps 40
+    python benchmarks/combinations.py --arms topk reward_only mixed --seeds 0 --steps 40
     python benchmarks/combinations.py --arms teacher self_distill self_distill_plain --seeds 0 --steps 40
 
 Each run writes an ordinary run directory under --workdir.
@@ -23,11 +23,9 @@ from pathlib import Path
 import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 
 # isort: split
-from methods import PLAIN_OPD
+from methods import PLAIN_OPD, train
 
 from opdctl.config.files import load_config
-from opdctl.progress import LogReporter, reporting_to
-from opdctl.training.start import start_run
 
 SOLUTION = ["data.teacher_prompt_template={prompt}={answer}\n{solution}"]  # the demo row's worked solution
 SELF = ["teacher.model=demo:student"]  # the student's own starting weights
@@ -36,10 +34,9 @@ ARMS = {
     "forward_topk": ["loss.estimator=forward_topk"],
     "k3": ["loss.estimator=k3"],
     "sampled": ["loss.estimator=sampled"],
-    "opd": [],
     "reward_only": ["loss.opd_coef=0", "reward.coef=1"],
     "mixed": ["reward.coef=1"],
-    "teacher": [],  # the demo teacher, no context
+    "teacher": [],  # the demo teacher, no context: the topk arm, named for the self-distillation comparison
     "self_distill": [*SELF, *SOLUTION],  # privileged self-distillation with Prune-OPD's weights
     "self_distill_plain": [*SELF, *SOLUTION, *PLAIN_OPD],  # the same without them (plain OPD)
 }
@@ -59,10 +56,7 @@ def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
     ]
     config = load_config(None, overrides)
     started = time.perf_counter()
-    with reporting_to(LogReporter()):
-        trainer = start_run(config)
-        trainer.fit()
-    records = trainer.run.read_metrics()
+    records = train(config)
     steps = [r for r in records if "eval" not in r]
     curve = [(r["step"], r["accuracy"]) for r in records if "eval" in r and r["when"] in ("during", "after")]
     return {

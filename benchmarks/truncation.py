@@ -25,11 +25,9 @@ import opdctl  # noqa: F401  (first: thread defaults before torch loads)
 
 # isort: split
 import torch
-from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION
+from methods import PLAIN_OPD, PRUNE_OPD, PRUNE_OPD_TRUNCATION, train
 
 from opdctl.config.files import load_config
-from opdctl.progress import LogReporter, reporting_to
-from opdctl.training.start import start_run
 
 METHODS = {"plain OPD": PLAIN_OPD, "Prune-OPD (paper)": PRUNE_OPD, "Prune-OPD + truncation": PRUNE_OPD_TRUNCATION}
 
@@ -52,10 +50,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict:
     ]
     config = load_config(args.config, overrides)
     started = time.perf_counter()
-    with reporting_to(LogReporter()):
-        trainer = start_run(config)
-        trainer.fit()
-    records = trainer.run.read_metrics()
+    records = train(config)
     steps = [r for r in records if "eval" not in r]
     curve = [(r["step"], r["accuracy"]) for r in records if "eval" in r and r["when"] != "teacher"]
     elapsed = {r["step"]: r["elapsed_seconds"] for r in steps} | {0: 0.0}

@@ -51,7 +51,7 @@ class RoutedTeacher:
             part = rollouts.select(rows)
             width = part.response_ids.shape[1]
             parts.append((rows, self.teachers[name].score(part, query_ids[rows, :width], top_k)))
-        return _assemble(parts, len(rollouts), rollouts.response_ids.shape[1])
+        return TeacherScores.assemble(parts, len(rollouts), rollouts.response_ids.shape[1])
 
     def stream(self, prompts: list[list[int]]) -> TeacherStream:
         groups = self.groups(len(prompts))
@@ -89,20 +89,8 @@ class RoutedStream:
             own = [self.owner[rows[p]][1] for p in positions]
             scores = self.streams[name].extend(own, tokens[positions], lengths[positions], query_ids[positions], top_k)
             parts.append((positions, scores))
-        return _assemble(parts, len(rows), tokens.shape[1])
+        return TeacherScores.assemble(parts, len(rows), tokens.shape[1])
 
     def close(self) -> None:
         for stream in self.streams.values():
             stream.close()
-
-
-def _assemble(parts: list[tuple[list[int], TeacherScores]], batch: int, width: int) -> TeacherScores:
-    """Rows scored by different teachers as one batch; exact where a teacher did not say otherwise."""
-    if any(scores.query_exact is not None for _, scores in parts):
-        parts = [(rows, scores if scores.query_exact is not None else _all_exact(scores)) for rows, scores in parts]
-    return TeacherScores.assemble(parts, batch, width)
-
-
-def _all_exact(scores: TeacherScores) -> TeacherScores:
-    exact = torch.ones(scores.query_logprobs.shape, dtype=torch.bool)
-    return TeacherScores(scores.topk_ids, scores.topk_logprobs, scores.query_logprobs, exact)

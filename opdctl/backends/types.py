@@ -150,18 +150,18 @@ class TeacherScores:
 
     @staticmethod
     def assemble(parts: list[tuple[list[int], TeacherScores]], batch: int, width: int) -> TeacherScores:
-        """Scores of a batch assembled from scores of some of its rows (each part trimmed to its own width)."""
-        first = parts[0][1]
+        """Scores of a batch assembled from scores of some of its rows (each part trimmed to its own width); a
+        part without ``query_exact`` (all exact) stays exact beside parts that have it (several teachers)."""
 
         def place(name: str) -> torch.Tensor | None:
-            if getattr(first, name) is None:
+            given = [(rows, getattr(part, name)) for rows, part in parts if getattr(part, name) is not None]
+            if not given:
                 return None
-            sample = getattr(first, name)
+            sample = given[0][1]
             out = torch.zeros((batch, width, sample.shape[-1]), dtype=sample.dtype)
             if name == "query_exact":
                 out.fill_(True)
-            for rows, part in parts:
-                values = getattr(part, name)
+            for rows, values in given:
                 out[rows, : values.shape[1]] = values.cpu()
             return out
 
