@@ -10,6 +10,7 @@ traces and checkpoints.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -89,11 +90,25 @@ def setup_world() -> World:
     return World(rank=rank, size=size, local_rank=local_rank)
 
 
+def leave_world() -> None:
+    """End a finished run's process group together: every process frees its student (an FSDP
+    student holds the group), meets the others, then shuts the group down while the
+    interpreter can still run its destructors.
+
+    Left to interpreter exit, the group's communication threads aborted a finished
+    process now and then ("terminate called without an active exception").
+    """
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _leave_world() -> None:
-    """Shut the process group down before the interpreter does: its communication threads,
-    still running at exit, aborted a finished process ("terminate called without an active exception")."""
+    """At exit after an error: shut the group down without waiting for processes that may be gone."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
 
 
 def device_for(world: World, requested: str) -> str:

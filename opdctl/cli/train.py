@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -39,9 +39,9 @@ def train(
     """
     from opdctl.cli.console import console, stdout, summary_table
     from opdctl.config.files import load_config
+    from opdctl.distributed import leave_world
     from opdctl.progress import reporting_to
-    from opdctl.training.start import resumed_config, start_run
-    from opdctl.training.stopping import sigterm_interrupts
+    from opdctl.training.start import resumed_config
 
     def action() -> None:
         quiet_libraries()
@@ -53,16 +53,26 @@ def train(
 
         main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, process 0 speaks for all
         with reporting_to(cli_reporter() if main else LogReporter()):
-            with sigterm_interrupts():  # a run still loading stops cleanly on SIGTERM too
-                trainer = start_run(cfg, resume)
-            if main:
-                console.print(f"[bold]run directory[/bold] {trainer.run.path}")
-            summary = trainer.fit()
+            summary, run = fit(cfg, resume, main)
         if main:
             stdout.print(summary_table(summary))
-            console.print(next_commands(cfg, trainer.run.path), highlight=False, soft_wrap=True)
+            console.print(next_commands(cfg, run), highlight=False, soft_wrap=True)
+        leave_world()
 
     run_command(debug, action)
+
+
+def fit(config: Config, resume: Path | None, main: bool) -> tuple[dict[str, Any], Path]:
+    """Train; the summary and the run directory (the trainer, and with it the student, is let go)."""
+    from opdctl.cli.console import console
+    from opdctl.training.start import start_run
+    from opdctl.training.stopping import sigterm_interrupts
+
+    with sigterm_interrupts():  # a run still loading stops cleanly on SIGTERM too
+        trainer = start_run(config, resume)
+    if main:
+        console.print(f"[bold]run directory[/bold] {trainer.run.path}")
+    return trainer.fit(), trainer.run.path
 
 
 def next_commands(config: Config, run: Path) -> str:
