@@ -61,6 +61,16 @@ def routed_teacher(request: pytest.FixtureRequest) -> Teacher:
     return RoutedTeacher({"a": hf_teacher(request), "b": hf_teacher(request)}).for_rows(["b", "a", "b"])
 
 
+def frozen_base_teacher(request: pytest.FixtureRequest) -> Teacher:
+    """A LoRA student's frozen base, lent as the teacher (teacher.model: student)."""
+    from opdctl_hf import HFStudent, HFTeacher
+
+    pytest.importorskip("peft")
+    model = str(request.getfixturevalue("tiny_models")["student"])
+    lora = HFStudent(HFStudent.Config(model=model, lora={"r": 4}))
+    return lora.frozen_teacher(HFTeacher.Config(model="student"))
+
+
 Build = Callable[[pytest.FixtureRequest], Any]
 STUDENTS: dict[str, tuple[Build, Callable[[], list[list[int]]]]] = {  # the student, and prompts it takes
     "fake": (lambda request: FakeStudent(), fake_prompts),
@@ -72,6 +82,7 @@ TEACHERS: dict[str, tuple[Build, str]] = {  # the teacher, and the student whose
     "hf": (hf_teacher, "hf"),
     "vllm": (vllm_teacher, "hf-served"),  # a real server: slow, and skipped where vLLM is not installed
     "routed": (routed_teacher, "hf"),  # several teachers as one (teachers, data.teacher_field)
+    "frozen-base": (frozen_base_teacher, "hf"),  # self-distillation without a second copy
 }
 SLOW = {"vllm", "hf-served"}  # a server, and the model it serves (trained for the test)
 

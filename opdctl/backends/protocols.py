@@ -204,3 +204,15 @@ class DataParallel(Protocol):
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Restore an :meth:`optimizer_state` in every process."""
+
+
+@runtime_checkable
+class LendsFrozenBase(Protocol):
+    """A student whose starting weights stay frozen (a LoRA student's base) and can score as the teacher.
+
+    ``teacher.model: student`` asks for it: self-distillation without a second copy in memory.
+    """
+
+    def frozen_teacher(self, config: BackendConfig) -> Teacher | None:
+        """A teacher that scores with the frozen starting weights, configured by ``config`` (a teacher
+        section of this backend); None when the student trains them (then a copy is loaded)."""

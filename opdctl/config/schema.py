@@ -38,6 +38,9 @@ def _numbers_only(annotation: Any) -> bool:
     return bool(kinds & {int, float}) and bool not in kinds
 
 
+STUDENT_WEIGHTS = "student"  # teacher.model: the student's starting weights (self-distillation)
+
+
 class BackendConfig(Section):
     """Keys every teacher/student backend has; plugins subclass this with their own."""
 

@@ -26,6 +26,7 @@ from opdctl.data.prompts import load_prompts
 from opdctl.errors import ConfigError
 from opdctl.plugins import DRIFT_METRICS, TEACHERS
 from opdctl.progress import reporter
+from opdctl.training.start import section_teacher
 
 # the paper's thresholds; teacher_prob's is opdctl's own (docs/real-models.md)
 DEFAULT_THRESHOLDS = {"overlap_ratio": 0.7, "weighted_overlap": 0.7, "teacher_top_p": 0.9, "teacher_prob": 0.1}
@@ -128,7 +129,7 @@ def choose_threshold(signal: Signal, values: torch.Tensor, target: float) -> flo
 def calibrate(config: Config, target: float, samples: int, max_new_tokens: int) -> Calibration:
     """Pick ``prune.threshold`` for ``config``'s metric and k so that the teacher's text has ``target`` bad events."""
     width = max(KS[-1], config.prune_k)
-    teacher = TEACHERS.get(config.teacher.backend)(config.teacher)
+    teacher = section_teacher(config, config.teacher)
     student = _student_scorer(config)
     try:
         prompts = load_prompts(config.data.model_copy(update={"limit": samples}), student.tokenizer, config.seed)

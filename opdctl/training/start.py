@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opdctl.backends.protocols import Student, Teacher
+from opdctl.backends.protocols import LendsFrozenBase, Student, Teacher
 from opdctl.backends.routed import RoutedTeacher
 from opdctl.config.files import apply_override, read_yaml, validate
-from opdctl.config.schema import BackendConfig, Config
+from opdctl.config.schema import STUDENT_WEIGHTS, BackendConfig, Config
 from opdctl.data.benchmarks import check_bench, load_benchmarks
 from opdctl.data.prompts import PromptSet, load_prompts
 from opdctl.distributed import World, device_for, setup_world
@@ -50,25 +50,45 @@ def load_backends(
     if student_model is not None:
         student_config = student_config.model_copy(update={"model": student_model})
     student = STUDENTS.get(config.student.backend)(student_config)
-    teacher = build_teacher(config, world)
+    try:
+        teacher = build_teacher(config, world, student)
+    except BaseException:
+        student.close()
+        raise
     teacher.check(student.tokenizer, config.prune_k, config.loss.k)
     return student, teacher
 
 
-def build_teacher(config: Config, world: World | None = None) -> Teacher:
-    """The configured teacher, or the named teachers as one (``teachers``), each on this process's device."""
+def build_teacher(config: Config, world: World | None = None, student: Student | None = None) -> Teacher:
+    """The configured teacher, or the named teachers as one (``teachers``), each on this process's device.
+
+    ``model: student`` (in a teacher section of the student's backend) is the student's starting weights:
+    those ``student`` lends (a LoRA student's frozen base), else a copy of ``student.model``.
+    """
     world = world or World()
-    if not config.teachers:
-        return TEACHERS.get(config.teacher.backend)(_on_own_device(config.teacher, world))
+    sections = config.teachers or {"": config.teacher}
     built: dict[str, Teacher] = {}
     try:
-        for name, section in config.teachers.items():
-            built[name] = TEACHERS.get(section.backend, f"teachers.{name}.backend")(_on_own_device(section, world))
+        for name, section in sections.items():
+            setting = f"teachers.{name}.backend" if name else "teacher.backend"
+            built[name] = section_teacher(config, _on_own_device(section, world), setting, student)
     except BaseException:
         for teacher in built.values():
             teacher.close()
         raise
-    return RoutedTeacher(built)
+    return RoutedTeacher(built) if config.teachers else built[""]
+
+
+def section_teacher(
+    config: Config, section: BackendConfig, setting: str = "teacher.backend", student: Student | None = None
+) -> Teacher:
+    """The teacher one section configures (``model: student``: see :func:`build_teacher`)."""
+    if section.model == STUDENT_WEIGHTS and section.backend == config.student.backend:
+        lent = student.frozen_teacher(section) if isinstance(student, LendsFrozenBase) else None
+        if lent is not None:
+            return lent
+        section = section.model_copy(update={"model": config.student.model})
+    return TEACHERS.get(section.backend, setting)(section)
 
 
 def check_routes(config: Config, prompts: PromptSet) -> None:

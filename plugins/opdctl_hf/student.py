@@ -14,6 +14,7 @@ from opdctl.backends.chunked import generate_in_chunks
 from opdctl.backends.protocols import GenerationMonitor, RolloutEngine
 from opdctl.backends.types import EngineSetup, FinishedCallback, Rollouts, Sampling
 from opdctl.config.files import format_validation_error
+from opdctl.config.schema import BackendConfig
 from opdctl.distributed import World
 from opdctl.errors import BackendError
 from opdctl.plugins import ROLLOUT_ENGINES
@@ -22,6 +23,7 @@ from . import sharding
 from .loading import HFConfig, context_length, eos_ids, load_model, load_tokenizer
 from .sampling import sample
 from .sequences import Packed, chunked_logprobs, pack, response_hidden
+from .teacher import FrozenBaseTeacher, HFTeacher, HFTeacherConfig
 
 
 class LoraOptions(BaseModel):
@@ -223,6 +225,12 @@ class HFStudent:
         with self._autocast():
             forward = self.replicas if self.replicas is not None else self.policy
             return forward(p.input_ids, p.attention_mask, p.position_ids, p.prompt_width, mask, query)
+
+    def frozen_teacher(self, config: BackendConfig) -> HFTeacher | None:
+        """With LoRA the base weights never train: they score as the teacher (adapters off), no second copy."""
+        if self.config.lora is None or not isinstance(config, HFTeacherConfig):
+            return None
+        return FrozenBaseTeacher(config, self.model, self.tokenizer)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
 import torch
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
@@ -18,7 +21,11 @@ from .streaming import HFTeacherStream
 class HFTeacherConfig(HFConfig):
     """A local transformers teacher (AutoModelForCausalLM)."""
 
-    model: str = Field("demo:teacher", description="Local directory, hub id, or demo:teacher.")
+    model: str = Field(
+        "demo:teacher",
+        description="Local directory, hub id, demo:teacher, or student: the student's own starting weights "
+        "(self-distillation; a LoRA student lends its frozen base, no second copy).",
+    )
     batch_size: int = Field(8, ge=1, description="Rollouts per scoring forward pass.")
 
 
@@ -85,6 +92,64 @@ class HFTeacher:
 
     def close(self) -> None:
         del self.model
+
+
+class FrozenBaseTeacher(HFTeacher):
+    """A LoRA student's frozen base as its own teacher: the student's one copy of the weights,
+    scored with the adapters off (and in eval mode), so no second copy is held in memory.
+
+    The teacher section's dtype and device do not apply: the student's weights are used as they are.
+    """
+
+    def __init__(self, config: HFTeacherConfig, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.device = next(model.parameters()).device
+
+    @contextmanager
+    def _base(self) -> Iterator[None]:
+        training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            self.model.train(training)
+
+    def check(self, tokenizer: PreTrainedTokenizerBase, drift_k: int, loss_k: int) -> dict[str, str]:
+        info = super().check(tokenizer, drift_k, loss_k)
+        return {**info, "model": "the student's frozen base (shared; LoRA adapters off while it scores)"}
+
+    def score(self, rollouts: Rollouts, query_ids: torch.Tensor, top_k: int) -> TeacherScores:
+        with self._base():
+            return super().score(rollouts, query_ids, top_k)
+
+    def stream(self, prompts: list[list[int]]) -> AdaptersOffStream:
+        with self._base():
+            return AdaptersOffStream(super().stream(prompts), self._base)
+
+    def generate(self, prompts: list[list[int]], sampling: Sampling) -> Rollouts:
+        with self._base():
+            return super().generate(prompts, sampling)
+
+    def close(self) -> None:
+        """Nothing to release: the student owns the model."""
+
+
+class AdaptersOffStream:
+    """A teacher stream over the student's model whose every chunk is scored with the adapters off
+    (the student generates, adapters on, between chunks)."""
+
+    def __init__(self, stream: HFTeacherStream, base: Callable[[], AbstractContextManager]) -> None:
+        self.inner, self.base = stream, base
+
+    def extend(
+        self, rows: list[int], tokens: torch.Tensor, lengths: torch.Tensor, query_ids: torch.Tensor, top_k: int
+    ) -> TeacherScores:
+        with self.base():
+            return self.inner.extend(rows, tokens, lengths, query_ids, top_k)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _cat_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
