@@ -201,6 +201,21 @@ def test_the_skilled_teacher_solves_held_out_problems_its_student_does_not(skill
     assert correct["teacher"] - correct["student"] >= 5  # the student: about 15%
 
 
+def test_the_teacher_at_part_strength_lies_between_the_base_and_the_teacher(skilled_pair):
+    """smollm2:teacher@0.4: the base plus 40% of the teacher's update, a student with part of the skill."""
+    from opdctl.models.skilled import BASE
+
+    weights = [
+        AutoModelForCausalLM.from_pretrained(resolve_model(ref), dtype=torch.float32).state_dict()
+        for ref in (BASE, "smollm2:teacher", "smollm2:teacher@0.4")
+    ]
+    base, teacher, partial = weights
+    moved = [name for name in base if not torch.equal(base[name], teacher[name])]
+    assert moved  # the adapter changes the attention and MLP projections
+    for name in moved:
+        assert torch.allclose(partial[name], base[name] + 0.4 * (teacher[name] - base[name]), atol=1e-5), name
+
+
 def test_two_steps_of_the_skilled_pair_stop_drifted_rollouts(skilled_pair, tmp_path):
     teacher, student = skilled_pair
     config = real_config(teacher, student, tmp_path, metric="teacher_prob", threshold=0.1, w_drop=0.25)

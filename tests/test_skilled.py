@@ -36,6 +36,14 @@ def test_unknown_skilled_models_are_named():
         skilled.resolve_skilled("smollm2:coach")
 
 
+@pytest.mark.parametrize("strength", ["0", "1.5", "half", "-0.4", "nan"])
+def test_a_strength_outside_0_to_1_is_named_with_an_example(strength):
+    from opdctl.errors import BackendError
+
+    with pytest.raises(BackendError, match=r"must be a number in \(0, 1\], e.g. smollm2:teacher@0.4"):
+        skilled.resolve_skilled(f"smollm2:teacher@{strength}")
+
+
 def test_the_student_knows_less_of_the_skill_than_the_teacher():
     teacher, student = recipes.RECIPES["teacher"], recipes.RECIPES["student"]
     assert isinstance(student, SFTSettings) and student.steps * 10 <= teacher.steps

@@ -48,7 +48,8 @@ class BackendConfig(Section):
     model: str = Field(
         "demo:student",
         description="Local directory, .gguf file, hub id, pkg:PACKAGE/FILE, demo:teacher / demo:student, or "
-        "smollm2:teacher / smollm2:student (SmolLM2-135M taught the word problems; docs/real-models.md).",
+        "smollm2:teacher / smollm2:student (SmolLM2-135M taught the word problems; smollm2:teacher@0.4: its "
+        "update at 40% strength; docs/real-models.md).",
     )
 
 

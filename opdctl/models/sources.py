@@ -2,7 +2,8 @@
 
 * ``demo:teacher`` / ``demo:student``: the embedded demo's tiny models (built once, cached).
 * ``smollm2:teacher`` / ``smollm2:student``: SmolLM2-135M-Instruct taught the word problems
-  (:mod:`opdctl.models.skilled`; merged once from shipped adapters, cached).
+  (:mod:`opdctl.models.skilled`; merged once from shipped adapters, cached); ``@STRENGTH`` merges
+  part of an adapter's update (``smollm2:teacher@0.4``).
 * ``pkg:PACKAGE/FILE`` and ``.gguf`` files: converted once into a Hugging Face directory (:mod:`opdctl.models.gguf`).
 
 Every source resolves to something ``from_pretrained`` takes: the rest of opdctl
