@@ -86,29 +86,24 @@ def setup_world() -> World:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        atexit.register(_leave_world)
+        atexit.register(leave_world, wait=False)
     return World(rank=rank, size=size, local_rank=local_rank)
 
 
-def leave_world() -> None:
-    """End a finished run's process group together: every process frees its student (an FSDP
-    student holds the group), meets the others, then shuts the group down while the
-    interpreter can still run its destructors.
+def leave_world(wait: bool = True) -> None:
+    """Shut the process group down while the interpreter can still run its destructors: free the
+    student first (an FSDP student holds the group), then, for a finished run (``wait``), meet the
+    other processes so that none is still inside a collective. At exit after an error the handler
+    does not wait for processes that may be gone.
 
     Left to interpreter exit, the group's communication threads aborted a finished
     process now and then ("terminate called without an active exception").
     """
     gc.collect()
     if dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
-
-
-def _leave_world() -> None:
-    """At exit after an error: shut the group down without waiting for processes that may be gone."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    gc.collect()
 
 
 def device_for(world: World, requested: str) -> str:
